@@ -1,0 +1,281 @@
+"""`Vcpu`: one KVM vCPU fd and its kvm_run mapping.
+
+Threading: KVM_RUN is called by exactly one thread (the vCPU's). Any other thread stops it with `kick()` support:
+set `immediate_exit` and signal the vCPU thread (see hotswap's vCPU runner); the vCPU's state is read or written only
+while it is out of KVM_RUN.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING
+
+from kvm._ffi import CData, ffi, ioctl, lib
+from kvm.cpuid import CpuidEntry, alloc_cpuid2, cpuid2_from_entries, entries_from_cpuid2
+from kvm.errors import KvmError
+from kvm.exits import INTERRUPTED, VcpuExit, decode_exit
+
+if TYPE_CHECKING:
+    from kvm.vm import Vm
+
+MP_STATE_RUNNABLE = lib.KVM_MP_STATE_RUNNABLE
+MP_STATE_UNINITIALIZED = lib.KVM_MP_STATE_UNINITIALIZED
+MP_STATE_INIT_RECEIVED = lib.KVM_MP_STATE_INIT_RECEIVED
+MP_STATE_HALTED = lib.KVM_MP_STATE_HALTED
+MP_STATE_SIPI_RECEIVED = lib.KVM_MP_STATE_SIPI_RECEIVED
+
+
+class Vcpu:
+    """A vCPU of a Vm. Created by Vm.create_vcpu(); closed with its Vm."""
+
+    def __init__(self, vm: Vm, vcpu_id: int, fd: int) -> None:
+        self.vm = vm
+        self.id = vcpu_id
+        self.fd = fd
+        self._mmap_size = vm.kvm.vcpu_mmap_size()
+        err = ffi.new("int *")
+        ptr = lib.hs_mmap(self._mmap_size, lib.PROT_READ | lib.PROT_WRITE, lib.MAP_SHARED, fd, 0, err)
+        if ptr == ffi.NULL:
+            raise KvmError("mmap kvm_run", err[0], f"vCPU {vcpu_id}")
+        self._run_ptr = ptr
+        self.run_struct: CData = ffi.cast("struct kvm_run *", ptr)
+        self._run_bytes: CData = ffi.cast("uint8_t *", ptr)
+        # Buffers reused on every capture/restore: the pause window must not allocate more than it has to.
+        self._regs = ffi.new("struct kvm_regs *")
+        self._sregs = ffi.new("struct kvm_sregs *")
+        self._mp_state = ffi.new("struct kvm_mp_state *")
+        self._lapic = ffi.new("struct kvm_lapic_state *")
+        self._xcrs = ffi.new("struct kvm_xcrs *")
+        self._debugregs = ffi.new("struct kvm_debugregs *")
+        self._events = ffi.new("struct kvm_vcpu_events *")
+        self._u64 = ffi.new("uint64_t *")
+        self._attr = ffi.new("struct kvm_device_attr *")
+        xsave2_size = vm.check_extension(lib.KVM_CAP_XSAVE2)
+        self._xsave_size = max(xsave2_size, ffi.sizeof("struct kvm_xsave"))
+        self._xsave_get = lib.KVM_GET_XSAVE2 if xsave2_size else lib.KVM_GET_XSAVE
+        self._xsave_raw = ffi.new("uint8_t[]", self._xsave_size)
+        self._xsave = ffi.cast("struct kvm_xsave *", self._xsave_raw)
+        self._msrs: CData = None
+        self._msr_count = 0
+
+    def close(self) -> None:
+        if self.fd < 0:
+            return
+        lib.hs_munmap(self._run_ptr, self._mmap_size)
+        os.close(self.fd)
+        self.fd = -1
+
+    # -- running ----------------------------------------------------------------------------------------------
+    def run(self) -> VcpuExit:
+        """Enter the guest until the next exit that needs userspace. EINTR (a kick) returns Interrupted."""
+        rc: int = lib.hs_ioctl_int(self.fd, lib.KVM_RUN, 0)
+        if rc < 0:
+            if rc in (-errno.EINTR, -errno.EAGAIN):
+                return INTERRUPTED
+            raise KvmError("KVM_RUN", -rc, f"vCPU {self.id}")
+        return decode_exit(self.run_struct, self._run_bytes)
+
+    @property
+    def immediate_exit(self) -> bool:
+        return bool(self.run_struct.immediate_exit)
+
+    @immediate_exit.setter
+    def immediate_exit(self, value: bool) -> None:
+        self.run_struct.immediate_exit = 1 if value else 0
+
+    def complete_io_in(self, data: bytes) -> None:
+        """Provide the bytes a port-I/O read (IN) returns; must be called before the next run()."""
+        io = ffi.cast("struct hs_exit_io *", self._run_bytes + lib.hs_run_union_offset())
+        ffi.memmove(self._run_bytes + io.data_offset, data, len(data))
+
+    def complete_mmio_read(self, data: bytes) -> None:
+        mmio = ffi.cast("struct hs_exit_mmio *", self._run_bytes + lib.hs_run_union_offset())
+        ffi.memmove(mmio.data, data, min(len(data), 8))
+
+    # -- CPUID ------------------------------------------------------------------------------------------------
+    def set_cpuid(self, entries: Iterable[CpuidEntry]) -> None:
+        ioctl(self.fd, lib.KVM_SET_CPUID2, cpuid2_from_entries(entries), "KVM_SET_CPUID2")
+
+    def get_cpuid(self) -> list[CpuidEntry]:
+        cpuid = alloc_cpuid2()
+        ioctl(self.fd, lib.KVM_GET_CPUID2, cpuid, "KVM_GET_CPUID2")
+        return entries_from_cpuid2(cpuid)
+
+    # -- registers (raw structs; fields named as in <linux/kvm.h>) -------------------------------------------
+    def get_regs(self) -> CData:
+        regs = ffi.new("struct kvm_regs *")
+        ioctl(self.fd, lib.KVM_GET_REGS, regs, "KVM_GET_REGS")
+        return regs
+
+    def set_regs(self, regs: CData) -> None:
+        ioctl(self.fd, lib.KVM_SET_REGS, regs, "KVM_SET_REGS")
+
+    def get_sregs(self) -> CData:
+        sregs = ffi.new("struct kvm_sregs *")
+        ioctl(self.fd, lib.KVM_GET_SREGS, sregs, "KVM_GET_SREGS")
+        return sregs
+
+    def set_sregs(self, sregs: CData) -> None:
+        ioctl(self.fd, lib.KVM_SET_SREGS, sregs, "KVM_SET_SREGS")
+
+    # -- state items as bytes (the live-upgrade state tree stores these blobs) -------------------------------
+    def get_mp_state(self) -> int:
+        ioctl(self.fd, lib.KVM_GET_MP_STATE, self._mp_state, "KVM_GET_MP_STATE")
+        return int(self._mp_state.mp_state)
+
+    def set_mp_state(self, state: int) -> None:
+        self._mp_state.mp_state = state
+        ioctl(self.fd, lib.KVM_SET_MP_STATE, self._mp_state, "KVM_SET_MP_STATE")
+
+    def _get_blob(self, request: int, buf: CData, size: int, op: str) -> bytes:
+        ioctl(self.fd, request, buf, op)
+        blob: bytes = ffi.buffer(buf, size)[:]
+        return blob
+
+    def _set_blob(self, request: int, buf: CData, size: int, blob: bytes, op: str) -> None:
+        if len(blob) != size:
+            raise KvmError(op, errno.EINVAL, f"state blob is {len(blob)} bytes, expected {size}")
+        ffi.memmove(buf, blob, size)
+        ioctl(self.fd, request, buf, op)
+
+    def get_regs_blob(self) -> bytes:
+        return self._get_blob(lib.KVM_GET_REGS, self._regs, ffi.sizeof(self._regs[0]), "KVM_GET_REGS")
+
+    def set_regs_blob(self, blob: bytes) -> None:
+        self._set_blob(lib.KVM_SET_REGS, self._regs, ffi.sizeof(self._regs[0]), blob, "KVM_SET_REGS")
+
+    def get_sregs_blob(self) -> bytes:
+        return self._get_blob(lib.KVM_GET_SREGS, self._sregs, ffi.sizeof(self._sregs[0]), "KVM_GET_SREGS")
+
+    def set_sregs_blob(self, blob: bytes) -> None:
+        self._set_blob(lib.KVM_SET_SREGS, self._sregs, ffi.sizeof(self._sregs[0]), blob, "KVM_SET_SREGS")
+
+    def get_xsave_blob(self) -> bytes:
+        op = "KVM_GET_XSAVE2" if self._xsave_get == lib.KVM_GET_XSAVE2 else "KVM_GET_XSAVE"
+        return self._get_blob(self._xsave_get, self._xsave, self._xsave_size, op)
+
+    def set_xsave_blob(self, blob: bytes) -> None:
+        self._set_blob(lib.KVM_SET_XSAVE, self._xsave, self._xsave_size, blob, "KVM_SET_XSAVE")
+
+    def get_xcrs_blob(self) -> bytes:
+        return self._get_blob(lib.KVM_GET_XCRS, self._xcrs, ffi.sizeof(self._xcrs[0]), "KVM_GET_XCRS")
+
+    def set_xcrs_blob(self, blob: bytes) -> None:
+        self._set_blob(lib.KVM_SET_XCRS, self._xcrs, ffi.sizeof(self._xcrs[0]), blob, "KVM_SET_XCRS")
+
+    def get_debugregs_blob(self) -> bytes:
+        size = ffi.sizeof(self._debugregs[0])
+        return self._get_blob(lib.KVM_GET_DEBUGREGS, self._debugregs, size, "KVM_GET_DEBUGREGS")
+
+    def set_debugregs_blob(self, blob: bytes) -> None:
+        size = ffi.sizeof(self._debugregs[0])
+        self._set_blob(lib.KVM_SET_DEBUGREGS, self._debugregs, size, blob, "KVM_SET_DEBUGREGS")
+
+    def get_lapic_blob(self) -> bytes:
+        return self._get_blob(lib.KVM_GET_LAPIC, self._lapic, ffi.sizeof(self._lapic[0]), "KVM_GET_LAPIC")
+
+    def set_lapic_blob(self, blob: bytes) -> None:
+        self._set_blob(lib.KVM_SET_LAPIC, self._lapic, ffi.sizeof(self._lapic[0]), blob, "KVM_SET_LAPIC")
+
+    def get_vcpu_events_blob(self) -> bytes:
+        size = ffi.sizeof(self._events[0])
+        return self._get_blob(lib.KVM_GET_VCPU_EVENTS, self._events, size, "KVM_GET_VCPU_EVENTS")
+
+    def set_vcpu_events_blob(self, blob: bytes) -> None:
+        size = ffi.sizeof(self._events[0])
+        self._set_blob(lib.KVM_SET_VCPU_EVENTS, self._events, size, blob, "KVM_SET_VCPU_EVENTS")
+
+    # -- MSRs -------------------------------------------------------------------------------------------------
+    def set_msr_indices(self, indices: Sequence[int]) -> None:
+        """Fix the list of MSRs get_msrs() reads, with a buffer allocated once."""
+        self._msr_count = len(indices)
+        self._msrs = ffi.new("struct kvm_msrs *", {"nmsrs": len(indices), "entries": len(indices)})
+        for i, index in enumerate(indices):
+            self._msrs.entries[i].index = index
+
+    def get_msrs(self) -> list[tuple[int, int]]:
+        """Read the MSRs fixed by set_msr_indices(); all of them must be readable."""
+        msrs = self._msrs
+        msrs.nmsrs = self._msr_count
+        got = ioctl(self.fd, lib.KVM_GET_MSRS, msrs, "KVM_GET_MSRS")
+        if got != self._msr_count:
+            bad = msrs.entries[got].index
+            raise KvmError("KVM_GET_MSRS", errno.EINVAL, f"read {got} of {self._msr_count} MSRs, stopped at {bad:#x}")
+        entries = msrs.entries
+        return [(int(entries[i].index), int(entries[i].data)) for i in range(got)]
+
+    def set_msrs(self, values: Sequence[tuple[int, int]]) -> None:
+        """Write MSRs in the given order; KVM stops at the first it refuses, so the count is checked."""
+        if not values:
+            return
+        msrs = ffi.new("struct kvm_msrs *", {"nmsrs": len(values), "entries": len(values)})
+        msrs.nmsrs = len(values)
+        for i, (index, data) in enumerate(values):
+            msrs.entries[i].index = index
+            msrs.entries[i].data = data
+        done = ioctl(self.fd, lib.KVM_SET_MSRS, msrs, "KVM_SET_MSRS")
+        if done != len(values):
+            bad, value = values[done]
+            raise KvmError(
+                "KVM_SET_MSRS",
+                errno.EINVAL,
+                f"KVM accepted {done} of {len(values)} MSRs, refused {bad:#x} = {value:#x}",
+            )
+
+    def read_msr(self, index: int) -> int | None:
+        """One MSR's value, or None when KVM cannot read it."""
+        probe = ffi.new("struct kvm_msrs *", {"nmsrs": 1, "entries": 1})
+        probe.nmsrs = 1
+        probe.entries[0].index = index
+        if lib.hs_ioctl_ptr(self.fd, lib.KVM_GET_MSRS, probe) != 1:
+            return None
+        return int(probe.entries[0].data)
+
+    def readable_msrs(self, candidates: Iterable[int]) -> list[int]:
+        """The candidates KVM_GET_MSRS can read on this vCPU (each probed alone; done once, before any pause)."""
+        probe = ffi.new("struct kvm_msrs *", {"nmsrs": 1, "entries": 1})
+        readable = []
+        for index in candidates:
+            probe.nmsrs = 1
+            probe.entries[0].index = index
+            if lib.hs_ioctl_ptr(self.fd, lib.KVM_GET_MSRS, probe) == 1:
+                readable.append(index)
+        return readable
+
+    # -- TSC and clock ----------------------------------------------------------------------------------------
+    def _tsc_attr(self) -> CData:
+        attr = self._attr
+        attr.flags = 0
+        attr.group = lib.KVM_VCPU_TSC_CTRL
+        attr.attr = lib.KVM_VCPU_TSC_OFFSET
+        attr.addr = int(ffi.cast("uintptr_t", self._u64))
+        return attr
+
+    def has_tsc_offset_attr(self) -> bool:
+        return bool(lib.hs_ioctl_ptr(self.fd, lib.KVM_HAS_DEVICE_ATTR, self._tsc_attr()) == 0)
+
+    def get_tsc_offset(self) -> int:
+        ioctl(self.fd, lib.KVM_GET_DEVICE_ATTR, self._tsc_attr(), "KVM_GET_DEVICE_ATTR(KVM_VCPU_TSC_OFFSET)")
+        return int(self._u64[0])
+
+    def set_tsc_offset(self, offset: int) -> None:
+        attr = self._tsc_attr()
+        self._u64[0] = offset & 0xFFFF_FFFF_FFFF_FFFF
+        ioctl(self.fd, lib.KVM_SET_DEVICE_ATTR, attr, "KVM_SET_DEVICE_ATTR(KVM_VCPU_TSC_OFFSET)")
+
+    def get_tsc_khz(self) -> int:
+        rc: int = lib.hs_ioctl_int(self.fd, lib.KVM_GET_TSC_KHZ, 0)
+        if rc < 0:
+            raise KvmError("KVM_GET_TSC_KHZ", -rc)
+        return rc
+
+    def kvmclock_ctrl(self) -> bool:
+        """Tell the guest it was paused (no soft-lockup reports). False when the guest has no kvm-clock page."""
+        rc: int = lib.hs_ioctl_int(self.fd, lib.KVM_KVMCLOCK_CTRL, 0)
+        if rc == -errno.EINVAL:
+            return False
+        if rc < 0:
+            raise KvmError("KVM_KVMCLOCK_CTRL", -rc)
+        return True

@@ -1,0 +1,144 @@
+"""Capture and restore of one vCPU's complete architectural state, in the order that keeps it intact.
+
+Capture (every vCPU of the VM paused):
+  MP_STATE first: reading it makes KVM latch pending LAPIC events (INIT/SIPI) into the state it reports.
+  Then REGS, SREGS, XSAVE(2), XCRS, DEBUGREGS, LAPIC, MSRs, the TSC offset, and VCPU_EVENTS last, so an exception or
+  interrupt that became pending while we read the rest is still reported.
+Restore into a fresh vCPU (CPUID already set at creation, before the pause):
+  MP_STATE -> REGS -> SREGS -> XSAVE -> XCRS -> DEBUGREGS -> LAPIC -> TSC offset -> MSRs -> TSC_DEADLINE -> EVENTS.
+  - SET_REGS/SET_SREGS clear pending exceptions, so VCPU_EVENTS (which carries them) must come after both.
+  - The LAPIC must be set before the MSRs: writing MSR_IA32_TSC_DEADLINE arms the LAPIC timer, which a later
+    SET_LAPIC would reset and lose.
+  - The TSC offset goes before TSC_DEADLINE: KVM turns the deadline into a host timer using the guest TSC at the
+    moment of the write. Same host, same physical TSC: copying the offset makes the guest TSC run straight through.
+  - TSC_DEADLINE is written last and alone; a zero deadline means "disarmed" and is not written at all.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from kvm.system import (
+    KVM_PARAVIRT_MSR_FIRST,
+    MSR_IA32_MC0_CTL,
+    MSR_IA32_MCG_CAP,
+    MSR_IA32_MCG_CTL,
+    MSR_IA32_MCG_STATUS,
+    Kvm,
+)
+from kvm.vcpu import Vcpu
+
+MSR_IA32_TSC = 0x10
+MSR_IA32_TSC_DEADLINE = 0x6E0
+# The guest TSC travels as KVM's TSC offset (exact, same host); writing IA32_TSC as an MSR would make KVM try to
+# "synchronize" it with the other vCPUs.
+MSRS_NOT_SAVED = frozenset({MSR_IA32_TSC})
+
+
+@dataclass(slots=True)
+class VcpuState:
+    id: int
+    mp_state: int
+    regs: bytes
+    sregs: bytes
+    xsave: bytes
+    xcrs: bytes
+    debugregs: bytes
+    lapic: bytes
+    msrs: list[tuple[int, int]]
+    tsc_offset: int
+    vcpu_events: bytes
+
+    FIELDS = (
+        "id",
+        "mp_state",
+        "regs",
+        "sregs",
+        "xsave",
+        "xcrs",
+        "debugregs",
+        "lapic",
+        "msrs",
+        "tsc_offset",
+        "vcpu_events",
+    )
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "id": self.id,
+            "mp_state": self.mp_state,
+            "regs": self.regs,
+            "sregs": self.sregs,
+            "xsave": self.xsave,
+            "xcrs": self.xcrs,
+            "debugregs": self.debugregs,
+            "lapic": self.lapic,
+            "msrs": [[index, value] for index, value in self.msrs],
+            "tsc_offset": self.tsc_offset,
+            "vcpu_events": self.vcpu_events,
+        }
+
+
+def msr_candidates(kvm: Kvm, vcpu: Vcpu) -> list[int]:
+    """Every MSR worth saving: KVM's index list, the KVM paravirt MSRs (kvm-clock, async PF, steal time, PV EOI),
+    the machine-check registers, minus those that travel another way. Filtered to what this host can read."""
+    candidates: dict[int, None] = dict.fromkeys(kvm.msr_index_list())
+    for index in range(KVM_PARAVIRT_MSR_FIRST, KVM_PARAVIRT_MSR_FIRST + 0x10):
+        candidates.setdefault(index, None)
+    candidates.setdefault(MSR_IA32_MCG_STATUS, None)
+    candidates.setdefault(MSR_IA32_MCG_CTL, None)
+    mcg_cap = vcpu.read_msr(MSR_IA32_MCG_CAP)
+    if mcg_cap is not None:
+        banks = mcg_cap & 0xFF
+        for bank in range(banks):
+            for register in range(4):  # CTL, STATUS, ADDR, MISC
+                candidates.setdefault(MSR_IA32_MC0_CTL + 4 * bank + register, None)
+    wanted = [i for i in candidates if i not in MSRS_NOT_SAVED]
+    readable = vcpu.readable_msrs(wanted)
+    # TSC_DEADLINE read last keeps restore's "write it last" order natural.
+    readable.sort(key=lambda i: i == MSR_IA32_TSC_DEADLINE)
+    return readable
+
+
+def prepare(vcpu: Vcpu, msr_indices: Iterable[int]) -> None:
+    """Fix the MSR list and allocate capture buffers (before any pause)."""
+    vcpu.set_msr_indices(list(msr_indices))
+
+
+def capture(vcpu: Vcpu) -> VcpuState:
+    """Read the whole state of a paused vCPU (order explained in the module docstring)."""
+    mp_state = vcpu.get_mp_state()
+    regs = vcpu.get_regs_blob()
+    sregs = vcpu.get_sregs_blob()
+    xsave = vcpu.get_xsave_blob()
+    xcrs = vcpu.get_xcrs_blob()
+    debugregs = vcpu.get_debugregs_blob()
+    lapic = vcpu.get_lapic_blob()
+    msrs = vcpu.get_msrs()
+    tsc_offset = vcpu.get_tsc_offset()
+    events = vcpu.get_vcpu_events_blob()
+    return VcpuState(vcpu.id, mp_state, regs, sregs, xsave, xcrs, debugregs, lapic, msrs, tsc_offset, events)
+
+
+def restore(vcpu: Vcpu, state: VcpuState) -> None:
+    """Write a captured state into a fresh, not yet running vCPU (order explained in the module docstring)."""
+    vcpu.set_mp_state(state.mp_state)
+    vcpu.set_regs_blob(state.regs)
+    vcpu.set_sregs_blob(state.sregs)
+    vcpu.set_xsave_blob(state.xsave)
+    vcpu.set_xcrs_blob(state.xcrs)
+    vcpu.set_debugregs_blob(state.debugregs)
+    vcpu.set_lapic_blob(state.lapic)
+    vcpu.set_tsc_offset(state.tsc_offset)
+    deadline = 0
+    others: list[tuple[int, int]] = []
+    for index, value in state.msrs:
+        if index == MSR_IA32_TSC_DEADLINE:
+            deadline = value
+        else:
+            others.append((index, value))
+    vcpu.set_msrs(others)
+    if deadline:
+        vcpu.set_msrs([(MSR_IA32_TSC_DEADLINE, deadline)])
+    vcpu.set_vcpu_events_blob(state.vcpu_events)

@@ -1,0 +1,185 @@
+"""`Vm`: one KVM virtual machine fd. Memory slots, irqchip, PIT, eventfd wiring, and VM-wide state."""
+
+from __future__ import annotations
+
+import os
+from types import TracebackType
+from typing import TYPE_CHECKING
+
+from kvm._ffi import CData, ffi, ioctl, ioctl_int, lib
+from kvm.errors import KvmError
+
+if TYPE_CHECKING:
+    from kvm.system import Kvm
+    from kvm.vcpu import Vcpu
+
+IRQCHIP_PIC_MASTER = lib.KVM_IRQCHIP_PIC_MASTER
+IRQCHIP_PIC_SLAVE = lib.KVM_IRQCHIP_PIC_SLAVE
+IRQCHIP_IOAPIC = lib.KVM_IRQCHIP_IOAPIC
+
+
+class Vm:
+    """A KVM VM. Created by Kvm.create_vm(); owns its fd and its vCPUs."""
+
+    def __init__(self, kvm: Kvm, fd: int) -> None:
+        self.kvm = kvm
+        self.fd = fd
+        self.vcpus: list[Vcpu] = []
+        self._slots: dict[int, tuple[int, int, int, int]] = {}  # slot -> (flags, gpa, size, host address)
+
+    # -- lifetime ---------------------------------------------------------------------------------------------
+    def close(self) -> None:
+        for vcpu in self.vcpus:
+            vcpu.close()
+        self.vcpus.clear()
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+    def __enter__(self) -> Vm:
+        return self
+
+    def __exit__(self, t: type[BaseException] | None, v: BaseException | None, tb: TracebackType | None) -> None:
+        self.close()
+
+    def check_extension(self, capability: int) -> int:
+        return ioctl_int(self.fd, lib.KVM_CHECK_EXTENSION, capability, "KVM_CHECK_EXTENSION")
+
+    # -- platform ---------------------------------------------------------------------------------------------
+    def set_tss_addr(self, addr: int) -> None:
+        ioctl_int(self.fd, lib.KVM_SET_TSS_ADDR, addr, "KVM_SET_TSS_ADDR")
+
+    def set_identity_map_addr(self, addr: int) -> None:
+        value = ffi.new("uint64_t *", addr)
+        ioctl(self.fd, lib.KVM_SET_IDENTITY_MAP_ADDR, value, "KVM_SET_IDENTITY_MAP_ADDR")
+
+    def create_irqchip(self) -> None:
+        ioctl_int(self.fd, lib.KVM_CREATE_IRQCHIP, 0, "KVM_CREATE_IRQCHIP")
+
+    def create_pit2(self) -> None:
+        config = ffi.new("struct kvm_pit_config *")
+        config.flags = lib.KVM_PIT_SPEAKER_DUMMY  # port 0x61 handled in-kernel, no PC speaker exits
+        ioctl(self.fd, lib.KVM_CREATE_PIT2, config, "KVM_CREATE_PIT2")
+
+    # -- memory -----------------------------------------------------------------------------------------------
+    def set_memory_region(self, slot: int, gpa: int, size: int, host_addr: int, log_dirty: bool = False) -> None:
+        region = ffi.new("struct kvm_userspace_memory_region *")
+        region.slot = slot
+        region.flags = lib.KVM_MEM_LOG_DIRTY_PAGES if log_dirty else 0
+        region.guest_phys_addr = gpa
+        region.memory_size = size
+        region.userspace_addr = host_addr
+        ioctl(self.fd, lib.KVM_SET_USER_MEMORY_REGION, region, "KVM_SET_USER_MEMORY_REGION")
+        self._slots[slot] = (region.flags, gpa, size, host_addr)
+
+    def get_dirty_log(self, slot: int) -> bytes:
+        """The dirty bitmap of a slot since the last call (one bit per 4 KiB page)."""
+        _flags, _gpa, size, _addr = self._slots[slot]
+        pages = size // 4096
+        bitmap = ffi.new("uint64_t[]", (pages + 63) // 64)
+        log = ffi.new("struct kvm_dirty_log *")
+        log.slot = slot
+        log.dirty_bitmap = bitmap
+        ioctl(self.fd, lib.KVM_GET_DIRTY_LOG, log, "KVM_GET_DIRTY_LOG")
+        return bytes(ffi.buffer(bitmap))
+
+    # -- interrupts and notifications -------------------------------------------------------------------------
+    def irq_line(self, gsi: int, level: bool) -> None:
+        irq = ffi.new("struct kvm_irq_level *")
+        irq.irq = gsi
+        irq.level = 1 if level else 0
+        ioctl(self.fd, lib.KVM_IRQ_LINE, irq, "KVM_IRQ_LINE")
+
+    def irqfd(self, eventfd: int, gsi: int, deassign: bool = False) -> None:
+        request = ffi.new("struct kvm_irqfd *")
+        request.fd = eventfd
+        request.gsi = gsi
+        request.flags = lib.KVM_IRQFD_FLAG_DEASSIGN if deassign else 0
+        ioctl(self.fd, lib.KVM_IRQFD, request, "KVM_IRQFD")
+
+    def ioeventfd(
+        self,
+        eventfd: int,
+        addr: int,
+        length: int,
+        datamatch: int | None = None,
+        pio: bool = False,
+        deassign: bool = False,
+    ) -> None:
+        request = ffi.new("struct kvm_ioeventfd *")
+        request.addr = addr
+        request.len = length
+        request.fd = eventfd
+        flags = 0
+        if datamatch is not None:
+            flags |= lib.KVM_IOEVENTFD_FLAG_DATAMATCH
+            request.datamatch = datamatch
+        if pio:
+            flags |= lib.KVM_IOEVENTFD_FLAG_PIO
+        if deassign:
+            flags |= lib.KVM_IOEVENTFD_FLAG_DEASSIGN
+        request.flags = flags
+        ioctl(self.fd, lib.KVM_IOEVENTFD, request, "KVM_IOEVENTFD")
+
+    def register_coalesced_mmio(self, addr: int, size: int) -> None:
+        zone = ffi.new("struct kvm_coalesced_mmio_zone *")
+        zone.addr = addr
+        zone.size = size
+        ioctl(self.fd, lib.KVM_REGISTER_COALESCED_MMIO, zone, "KVM_REGISTER_COALESCED_MMIO")
+
+    # -- vCPUs ------------------------------------------------------------------------------------------------
+    def create_vcpu(self, vcpu_id: int) -> Vcpu:
+        from kvm.vcpu import Vcpu
+
+        fd = ioctl_int(self.fd, lib.KVM_CREATE_VCPU, vcpu_id, "KVM_CREATE_VCPU")
+        try:
+            vcpu = Vcpu(self, vcpu_id, fd)
+        except BaseException:
+            os.close(fd)
+            raise
+        self.vcpus.append(vcpu)
+        return vcpu
+
+    # -- VM-wide state (capture with every vCPU paused) -------------------------------------------------------
+    def get_irqchip(self, chip_id: int) -> bytes:
+        chip = ffi.new("struct kvm_irqchip *")
+        chip.chip_id = chip_id
+        ioctl(self.fd, lib.KVM_GET_IRQCHIP, chip, "KVM_GET_IRQCHIP")
+        return bytes(ffi.buffer(chip))
+
+    def set_irqchip(self, blob: bytes) -> None:
+        chip = _struct_from_blob("struct kvm_irqchip *", blob, "KVM_SET_IRQCHIP")
+        ioctl(self.fd, lib.KVM_SET_IRQCHIP, chip, "KVM_SET_IRQCHIP")
+
+    def get_pit2(self) -> bytes:
+        pit = ffi.new("struct kvm_pit_state2 *")
+        ioctl(self.fd, lib.KVM_GET_PIT2, pit, "KVM_GET_PIT2")
+        return bytes(ffi.buffer(pit))
+
+    def set_pit2(self, blob: bytes) -> None:
+        pit = _struct_from_blob("struct kvm_pit_state2 *", blob, "KVM_SET_PIT2")
+        ioctl(self.fd, lib.KVM_SET_PIT2, pit, "KVM_SET_PIT2")
+
+    def get_clock(self) -> tuple[int, int, int]:
+        """(kvmclock ns, flags, host realtime ns when KVM_CLOCK_REALTIME is in flags)."""
+        data = ffi.new("struct kvm_clock_data *")
+        ioctl(self.fd, lib.KVM_GET_CLOCK, data, "KVM_GET_CLOCK")
+        return int(data.clock), int(data.flags), int(data.realtime)
+
+    def set_clock(self, clock_ns: int, realtime_ns: int | None = None) -> None:
+        """Set kvmclock. With realtime_ns, KVM advances the clock by the real time elapsed since then."""
+        data = ffi.new("struct kvm_clock_data *")
+        data.clock = clock_ns
+        if realtime_ns is not None:
+            data.flags = lib.KVM_CLOCK_REALTIME
+            data.realtime = realtime_ns
+        ioctl(self.fd, lib.KVM_SET_CLOCK, data, "KVM_SET_CLOCK")
+
+
+def _struct_from_blob(ctype: str, blob: bytes, op: str) -> CData:
+    obj = ffi.new(ctype)
+    size = ffi.sizeof(obj[0])
+    if len(blob) != size:
+        raise KvmError(op, 22, f"state blob is {len(blob)} bytes, {ctype[:-2]} is {size}")
+    ffi.memmove(obj, blob, size)
+    return obj
