@@ -18,7 +18,9 @@ from devices.errors import StateError
 
 @dataclasses.dataclass(frozen=True)
 class DeviceState:
-    """Base of a device's saved state. Subclasses are frozen dataclasses whose fields are int, bool or bytes."""
+    """Base of a device's saved state. Subclasses are frozen dataclasses whose fields are plain types (int,
+    bool, bytes, str) or plain containers (list[...], dict[...]); a container is checked by its outer type
+    only, so a subclass's __post_init__ checks the elements."""
 
     DEVICE: ClassVar[str] = "device"  # names the device in error messages
 
@@ -51,7 +53,8 @@ class DeviceState:
 
 def _field_types(cls: type[DeviceState]) -> dict[str, type]:
     hints = typing.get_type_hints(cls)
-    return {field.name: hints[field.name] for field in dataclasses.fields(cls)}
+    # list[int] is checked as list: the codec hands back plain containers.
+    return {field.name: typing.get_origin(hints[field.name]) or hints[field.name] for field in dataclasses.fields(cls)}
 
 
 def check_u8(device: str, name: str, value: int) -> None:

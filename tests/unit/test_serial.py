@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import random
 
 import pytest
 
 from devices.errors import StateError
 from devices.serial import FIFO_SIZE, Serial, SerialState
+from devices.state import DeviceState
 
 DATA, IER, IIR, FCR, LCR, MCR, LSR, MSR, SCR = 0, 1, 2, 2, 3, 4, 5, 6, 7
 
@@ -442,3 +444,18 @@ def test_fifo_of_64_is_valid_with_fifos_on_and_65_is_not() -> None:
     data["rx_fifo"] = bytes(65)
     with pytest.raises(StateError):
         SerialState.from_dict(data)
+
+
+@dataclasses.dataclass(frozen=True)
+class _ContainerState(DeviceState):
+    DEVICE = "example"
+
+    name: str
+    queues: list[int]
+
+
+def test_state_base_checks_containers_by_their_outer_type() -> None:
+    """The DeviceState base that SerialState uses also carries str and container fields."""
+    assert _ContainerState.from_dict({"name": "rx", "queues": [1, 2]}) == _ContainerState("rx", [1, 2])
+    with pytest.raises(StateError, match="example state: field 'queues' must be list, got tuple"):
+        _ContainerState.from_dict({"name": "rx", "queues": (1, 2)})
