@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Protocol
 
 from kvm._ffi import CData, ffi
 
@@ -21,6 +22,25 @@ class CpuidEntry:
     edx: int
 
 
+class CpuidLike(Protocol):
+    """Anything with the fields of a CPUID entry (the boot package has its own pure-Python table type)."""
+
+    @property
+    def function(self) -> int: ...
+    @property
+    def index(self) -> int: ...
+    @property
+    def flags(self) -> int: ...
+    @property
+    def eax(self) -> int: ...
+    @property
+    def ebx(self) -> int: ...
+    @property
+    def ecx(self) -> int: ...
+    @property
+    def edx(self) -> int: ...
+
+
 def alloc_cpuid2(capacity: int = MAX_CPUID_ENTRIES) -> CData:
     cpuid = ffi.new("struct kvm_cpuid2 *", {"nent": capacity, "entries": capacity})
     cpuid.nent = capacity
@@ -34,7 +54,7 @@ def entries_from_cpuid2(cpuid: CData) -> list[CpuidEntry]:
     ]
 
 
-def cpuid2_from_entries(entries: Iterable[CpuidEntry]) -> CData:
+def cpuid2_from_entries(entries: Iterable[CpuidLike]) -> CData:
     listed = list(entries)
     cpuid = ffi.new("struct kvm_cpuid2 *", {"nent": len(listed), "entries": len(listed)})
     cpuid.nent = len(listed)

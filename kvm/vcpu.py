@@ -13,7 +13,7 @@ from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING
 
 from kvm._ffi import CData, ffi, ioctl, lib
-from kvm.cpuid import CpuidEntry, alloc_cpuid2, cpuid2_from_entries, entries_from_cpuid2
+from kvm.cpuid import CpuidEntry, CpuidLike, alloc_cpuid2, cpuid2_from_entries, entries_from_cpuid2
 from kvm.errors import KvmError
 from kvm.exits import INTERRUPTED, VcpuExit, decode_exit
 
@@ -95,7 +95,7 @@ class Vcpu:
         ffi.memmove(mmio.data, data, min(len(data), 8))
 
     # -- CPUID ------------------------------------------------------------------------------------------------
-    def set_cpuid(self, entries: Iterable[CpuidEntry]) -> None:
+    def set_cpuid(self, entries: Iterable[CpuidLike]) -> None:
         ioctl(self.fd, lib.KVM_SET_CPUID2, cpuid2_from_entries(entries), "KVM_SET_CPUID2")
 
     def get_cpuid(self) -> list[CpuidEntry]:

@@ -1,0 +1,5 @@
+import sys
+
+from hotswap.cli import main
+
+sys.exit(main())

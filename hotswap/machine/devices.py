@@ -1,0 +1,116 @@
+"""The machine's devices: which models exist, where they sit on the buses, how they reach interrupts, and their
+part of the state tree. Device models stay pure; everything KVM- or host-specific is wired here."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from devices.bus import Bus
+from devices.i8042 import I8042, I8042State
+from devices.serial import Serial, SerialState
+from hotswap.errors import HotswapError
+from hotswap.layout import COM1_GSI, COM1_PORT, COM1_PORT_SIZE, I8042_COMMAND_PORT, I8042_DATA_PORT, SERIAL_MMIO_ADDR
+from hotswap.machine.console import Console
+from hotswap.machine.eventloop import EventLoop
+from hotswap.machine.interrupts import IrqfdLine
+from hotswap.machine.locked import LockedDevice
+from kvm import GuestMemory, Vm
+
+SERIAL_REGISTERS = 8
+
+
+class DeviceSet:
+    def __init__(
+        self,
+        vm: Vm,
+        memory: GuestMemory,
+        loop: EventLoop,
+        console: Console,
+        on_reset: Callable[[], None],
+    ) -> None:
+        self.pio = Bus("pio")
+        self.mmio = Bus("mmio")
+        self._vm = vm
+        self._memory = memory
+        self._loop = loop
+        self._console = console
+        self._lines: list[IrqfdLine] = []
+
+        self._serial_lock = threading.Lock()
+        serial_irq = self._line(COM1_GSI)
+        self.serial = Serial(serial_irq, console.write, on_rx_drained=lambda: loop.call_soon(console.feed_pending))
+        serial_bus = LockedDevice(self.serial, self._serial_lock)
+        self.pio.insert(COM1_PORT, COM1_PORT_SIZE, serial_bus, "serial0")
+        # The same UART, reachable by plain memory stores: ring-3 code (and fast guests) use this alias.
+        self.mmio.insert(SERIAL_MMIO_ADDR, SERIAL_REGISTERS, serial_bus, "serial0-mmio")
+        console.attach_input(self._serial_input)
+
+        self.i8042 = I8042(on_reset=on_reset)
+        self.pio.insert(I8042_DATA_PORT, 1, self.i8042.data_port, "i8042-data")
+        self.pio.insert(I8042_COMMAND_PORT, 1, self.i8042.command_port, "i8042-command")
+
+    def _line(self, gsi: int) -> IrqfdLine:
+        line = IrqfdLine(self._vm, gsi)
+        self._lines.append(line)
+        return line
+
+    def _serial_input(self, data: bytes) -> int:
+        with self._serial_lock:
+            return self.serial.enqueue_input(data)
+
+    # -- lifecycle --------------------------------------------------------------------------------------------
+    def quiesce(self) -> None:
+        """Finish in-flight device work and stop starting new work (vCPUs are already paused)."""
+        self._console.stop_serving()
+
+    def resume(self) -> None:
+        self._console.start()
+
+    def close(self) -> None:
+        for line in self._lines:
+            line.close()
+        self._lines.clear()
+
+    # -- state ------------------------------------------------------------------------------------------------
+    def save(self) -> dict[str, Any]:
+        with self._serial_lock:
+            serial = self.serial.save().to_dict()
+        return {
+            "serial0": {"kind": "serial-16550", "state": serial},
+            "i8042": {"kind": "i8042", "state": self.i8042.save().to_dict()},
+            "console": {
+                "kind": "console",
+                "state": {"history": self._console.history(), "pending_input": self._console.pending_input()},
+            },
+        }
+
+    def restore(self, devices: dict[str, Any]) -> None:
+        expected = {"serial0", "i8042", "console"}
+        if set(devices) != expected:
+            unknown = sorted(set(devices) - expected)
+            missing = sorted(expected - set(devices))
+            raise HotswapError(f"device state mismatch: unknown {unknown}, missing {missing}")
+        with self._serial_lock:
+            self.serial.restore(SerialState.from_dict(_state_of(devices, "serial0", "serial-16550")))
+        self.i8042.restore(I8042State.from_dict(_state_of(devices, "i8042", "i8042")))
+        console = _state_of(devices, "console", "console")
+        history, pending = console.get("history"), console.get("pending_input")
+        if (
+            set(console) != {"history", "pending_input"}
+            or not isinstance(history, bytes)
+            or not isinstance(pending, bytes)
+        ):
+            raise HotswapError("device console: expected bytes fields history and pending_input")
+        self._console.restore_state(history, pending)
+
+
+def _state_of(devices: dict[str, Any], name: str, kind: str) -> dict[str, Any]:
+    entry = devices[name]
+    if not isinstance(entry, dict) or entry.get("kind") != kind or set(entry) != {"kind", "state"}:
+        raise HotswapError(f"device {name}: expected kind {kind!r} with a state")
+    state = entry["state"]
+    if not isinstance(state, dict):
+        raise HotswapError(f"device {name}: state is not a mapping")
+    return state

@@ -1,0 +1,230 @@
+"""A running machine: platform + devices + vCPU threads + I/O thread, with pause/resume and state capture/restore.
+
+A Machine is built completely (VM, memory slots, vCPUs with CPUID, devices, eventfds) before it runs, either to
+boot a kernel or, in a successor VMM, to take over a paused guest's state.
+"""
+
+from __future__ import annotations
+
+import enum
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from hotswap import log
+from hotswap.boot import load_kernel
+from hotswap.boot.ram import split_ram
+from hotswap.config import MachineConfig
+from hotswap.errors import HotswapError
+from hotswap.machine.boot_cpu import apply_boot_plan
+from hotswap.machine.console import Console, ConsoleFds
+from hotswap.machine.devices import DeviceSet
+from hotswap.machine.eventloop import EventLoop
+from hotswap.machine.exit_handler import Stop
+from hotswap.machine.platform import Platform, build_platform
+from hotswap.machine.vcpu_thread import VcpuThread
+from kvm import RegionSpec, vcpu_state, vm_state
+from kvm.vcpu_state import VcpuState
+from kvm.vm_state import VmState
+
+PAUSE_TIMEOUT = 5.0
+
+
+class RunState(enum.Enum):
+    CREATED = "created"
+    RUNNING = "running"
+    PAUSED = "paused"
+    STOPPED = "stopped"
+
+
+@dataclass(frozen=True)
+class PauseWindow:
+    """CLOCK_MONOTONIC ns: when the first vCPU stopped and when the last one did."""
+
+    first_paused_ns: int
+    last_paused_ns: int
+
+
+class Machine:
+    def __init__(
+        self,
+        config: MachineConfig,
+        platform: Platform,
+        loop: EventLoop,
+        console: Console,
+        generation: int,
+        booted_at_ns: int,
+    ) -> None:
+        self.config = config
+        self.platform = platform
+        self.console = console
+        self.generation = generation
+        self.booted_at_ns = booted_at_ns
+        self.loop = loop
+        self.devices = DeviceSet(platform.vm, platform.memory, self.loop, console, on_reset=self._on_guest_reset)
+        self.vcpu_threads = [
+            VcpuThread(vcpu, self.devices.pio, self.devices.mmio, self._on_vcpu_stop) for vcpu in platform.vcpus
+        ]
+        self.state = RunState.CREATED
+        self.stop_reason: Stop | None = None
+        self._stopped = threading.Event()
+        self._control = threading.RLock()  # serialises pause/resume/capture/stop between API and handover
+        self._log = log.get("machine")
+
+    # -- construction -----------------------------------------------------------------------------------------
+    @classmethod
+    def create(
+        cls,
+        config: MachineConfig,
+        *,
+        memory_fds: list[int] | None = None,
+        console_fds: ConsoleFds | None = None,
+        generation: int = 1,
+        booted_at_ns: int | None = None,
+    ) -> Machine:
+        """Build everything short of running. With memory_fds/console_fds, adopt a predecessor's resources."""
+        regions = [RegionSpec(gpa, size) for gpa, size in split_ram(config.mem_size)]
+        platform = build_platform(config.cpus, regions, memory_fds)
+        loop = EventLoop()
+        console = Console(loop, use_stdio=config.console == "stdio")
+        try:
+            if console_fds is not None:
+                console.adopt(console_fds)
+            else:
+                if config.console == "socket":
+                    console.listen(config.console_socket)
+                if config.console_log:
+                    console.open_log(config.console_log)
+            return cls(config, platform, loop, console, generation, booted_at_ns or time.time_ns())
+        except BaseException:
+            console.close()
+            loop.stop()
+            platform.close()
+            raise
+
+    # -- booting ----------------------------------------------------------------------------------------------
+    def boot(self) -> None:
+        """Load the kernel into fresh RAM and start every vCPU."""
+        plan = load_kernel(
+            self.platform.memory,
+            Path(self.config.kernel),
+            Path(self.config.initrd) if self.config.initrd else None,
+            self.config.cmdline,
+            split_ram(self.config.mem_size),
+            self.config.cpus,
+            cpuid=self.platform.cpuid,
+        )
+        apply_boot_plan(self.platform.vcpus[0], plan)
+        self._start_io()
+        for thread in self.vcpu_threads:
+            thread.start()
+        self.state = RunState.RUNNING
+        self._log.info("machine.booted", kernel=self.config.kernel, entry=hex(plan.rip), mode=plan.mode)
+
+    def start_paused(self) -> None:
+        """Start the vCPU threads parked (a successor, before its state arrives)."""
+        for thread in self.vcpu_threads:
+            thread.start(paused=True)
+        self.state = RunState.PAUSED
+
+    def _start_io(self) -> None:
+        self.loop.start()
+        self.devices.resume()
+
+    # -- control ----------------------------------------------------------------------------------------------
+    def pause(self) -> PauseWindow:
+        """Stop every vCPU (all kicked at once, then waited for)."""
+        with self._control:
+            for thread in self.vcpu_threads:
+                thread.request_pause()
+            for thread in self.vcpu_threads:
+                if not thread.wait_paused(PAUSE_TIMEOUT):
+                    raise HotswapError(f"vCPU {thread.index} did not pause within {PAUSE_TIMEOUT} s")
+            if self.state is RunState.RUNNING:
+                self.state = RunState.PAUSED
+            stamps = [t.paused_at_ns for t in self.vcpu_threads]
+            return PauseWindow(min(stamps), max(stamps))
+
+    def resume(self) -> int:
+        """Let every vCPU run again; returns CLOCK_MONOTONIC ns just after the last one was released."""
+        with self._control:
+            for thread in self.vcpu_threads:
+                thread.resume()
+            released = time.clock_gettime_ns(time.CLOCK_MONOTONIC)
+            if self.state is RunState.PAUSED:
+                self.state = RunState.RUNNING
+            return released
+
+    def request_stop(self, reason: Stop) -> None:
+        if self.stop_reason is None:
+            self.stop_reason = reason
+        self._stopped.set()
+
+    def wait(self, timeout: float | None = None) -> Stop | None:
+        self._stopped.wait(timeout)
+        return self.stop_reason
+
+    def shutdown(self) -> None:
+        """Stop the vCPU and I/O threads and release every resource."""
+        with self._control:
+            for thread in self.vcpu_threads:
+                thread.stop()
+            self.loop.stop()
+            self.devices.close()
+            self.platform.close()
+            self.state = RunState.STOPPED
+
+    def abandon(self) -> None:
+        """After a handover committed: stop our threads without touching the guest (its new VMM runs it)."""
+        with self._control:
+            for thread in self.vcpu_threads:
+                thread.stop(timeout=1.0)
+            self.loop.stop()
+            self.state = RunState.STOPPED
+
+    def _on_vcpu_stop(self, index: int, reason: Stop) -> None:
+        self._log.info("machine.vcpu_stopped", vcpu=index, kind=reason.kind, detail=reason.detail)
+        self.request_stop(reason)
+
+    def _on_guest_reset(self) -> None:
+        self.request_stop(Stop("reset", "guest requested a reset through the i8042 controller"))
+
+    # -- state ------------------------------------------------------------------------------------------------
+    def capture_state(self) -> dict[str, Any]:
+        """The state tree of the paused guest (DESIGN.md "State")."""
+        vcpus = [vcpu_state.capture(t.vcpu).to_dict() for t in self.vcpu_threads]
+        vm = vm_state.capture(self.platform.vm).to_dict()
+        return {
+            "machine": {
+                "config": self.config.to_dict(),
+                "generation": self.generation,
+                "booted_at_ns": self.booted_at_ns,
+            },
+            "vm": vm,
+            "vcpus": vcpus,
+            "devices": self.devices.save(),
+        }
+
+    def restore_state(self, tree: dict[str, Any]) -> None:
+        """Load a captured state into this (not yet running) machine: vCPUs, then the VM, then devices."""
+        vcpus = tree["vcpus"]
+        if len(vcpus) != len(self.vcpu_threads):
+            raise HotswapError(f"state has {len(vcpus)} vCPUs, this machine {len(self.vcpu_threads)}")
+        for thread, saved in zip(self.vcpu_threads, vcpus, strict=True):
+            vcpu_state.restore(thread.vcpu, vcpu_state_from_dict(saved))
+        vm_state.restore(self.platform.vm, vm_state_from_dict(tree["vm"]))
+        self.devices.restore(tree["devices"])
+        for thread in self.vcpu_threads:
+            thread.vcpu.kvmclock_ctrl()
+
+
+def vcpu_state_from_dict(data: dict[str, Any]) -> VcpuState:
+    fields = dict(data)
+    fields["msrs"] = [(int(i), int(v)) for i, v in data["msrs"]]
+    return VcpuState(**fields)
+
+
+def vm_state_from_dict(data: dict[str, Any]) -> VmState:
+    return VmState(**data)
