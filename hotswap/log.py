@@ -11,11 +11,13 @@ from typing import Any, TextIO
 import structlog
 
 _configured = False
+_settings = {"level": "warning", "json": False}
 
 
 def configure(level: str = "info", json: bool = False, stream: TextIO | None = None) -> None:
     """Log to `stream` (stderr by default): human-readable key=value lines, or JSON lines with `json`."""
     global _configured
+    _settings.update(level=level, json=json)
     renderer: Any = structlog.processors.JSONRenderer() if json else structlog.dev.ConsoleRenderer(colors=False)
     structlog.configure(
         processors=[
@@ -40,3 +42,12 @@ def get(name: str = "hotswap") -> Any:
     if not _configured:
         configure(os.environ.get("HOTSWAP_LOG_LEVEL", "warning"))
     return structlog.get_logger(name)
+
+
+def environment() -> dict[str, str]:
+    """Environment that makes a child hotswap process (a successor) log the way this one does."""
+    return {"HOTSWAP_LOG_LEVEL": str(_settings["level"]), "HOTSWAP_LOG_JSON": "1" if _settings["json"] else "0"}
+
+
+def configure_from_environment() -> None:
+    configure(os.environ.get("HOTSWAP_LOG_LEVEL", "warning"), json=os.environ.get("HOTSWAP_LOG_JSON") == "1")

@@ -29,6 +29,7 @@ class Vmm:
         self.api = ApiServer(api_listener, self)
         self._busy = threading.Lock()  # one state-changing action at a time (pause/resume/upgrade/shutdown)
         self._handed_over = threading.Event()
+        self._upgrade_replied = threading.Event()
         self._log = log.get("vmm")
 
     # -- the controller ---------------------------------------------------------------------------------------
@@ -64,6 +65,10 @@ class Vmm:
         if isinstance(action, Upgrade):
             return self.upgrade(action)
         raise ApiError(f"unsupported action {action!r}", 400)
+
+    def replied(self, action: Action) -> None:
+        if isinstance(action, Upgrade):
+            self._upgrade_replied.set()
 
     def describe(self) -> dict[str, Any]:
         machine = self.machine
@@ -108,6 +113,8 @@ class Vmm:
         while reason is None:
             reason = self.machine.wait(0.5)
         if self._handed_over.is_set():
+            self._upgrade_replied.wait(5.0)  # let the API thread finish telling the user how it went
+            self._log.info("vmm.handed_over")
             return exitcodes.OK
         self._log.info("vmm.stopping", kind=reason.kind, detail=reason.detail)
         print(f"hotswap: {self.machine.config.name}: {reason.detail}", file=sys.stderr, flush=True)

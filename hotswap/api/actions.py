@@ -42,6 +42,10 @@ Action = Describe | Pause | Resume | Shutdown | Upgrade
 class Controller(Protocol):
     def execute(self, action: Action) -> dict[str, Any]: ...
 
+    def replied(self, action: Action) -> None:
+        """Called once the answer to `action` has been written (a handed-over VMM waits for it to exit)."""
+        ...
+
 
 ROUTES: dict[tuple[str, str], type] = {
     ("GET", "/vm"): Describe,

@@ -44,6 +44,7 @@ class _Handler(BaseHTTPRequestHandler):
             action = parse_action(self.command, self.path.split("?", 1)[0], body)
             result = self.server.controller.execute(action)
             self._reply(200, result)
+            self.server.controller.replied(action)
         except ApiError as exc:
             self._reply(exc.status, {"error": str(exc)})
         except HotswapError as exc:

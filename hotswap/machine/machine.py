@@ -24,10 +24,9 @@ from hotswap.machine.devices import DeviceSet
 from hotswap.machine.eventloop import EventLoop
 from hotswap.machine.exit_handler import Stop
 from hotswap.machine.platform import Platform, build_platform
+from hotswap.machine.state_tree import machine_info_from_tree, vcpu_state_from_tree, vm_state_from_tree
 from hotswap.machine.vcpu_thread import VcpuThread
 from kvm import RegionSpec, vcpu_state, vm_state
-from kvm.vcpu_state import VcpuState
-from kvm.vm_state import VmState
 
 PAUSE_TIMEOUT = 5.0
 
@@ -208,23 +207,20 @@ class Machine:
         }
 
     def restore_state(self, tree: dict[str, Any]) -> None:
-        """Load a captured state into this (not yet running) machine: vCPUs, then the VM, then devices."""
-        vcpus = tree["vcpus"]
-        if len(vcpus) != len(self.vcpu_threads):
-            raise HotswapError(f"state has {len(vcpus)} vCPUs, this machine {len(self.vcpu_threads)}")
+        """Load a captured state into this (not yet running) machine: vCPUs, then the VM, then devices.
+
+        Everything is parsed and checked before the first ioctl, so a malformed tree changes nothing."""
+        config, _generation, _booted = machine_info_from_tree(tree["machine"])
+        if config != self.config.to_dict():
+            raise HotswapError("the state belongs to a machine with another configuration")
+        saved_vcpus = tree["vcpus"]
+        if len(saved_vcpus) != len(self.vcpu_threads):
+            raise HotswapError(f"state has {len(saved_vcpus)} vCPUs, this machine {len(self.vcpu_threads)}")
+        vcpus = [vcpu_state_from_tree(saved, index) for index, saved in enumerate(saved_vcpus)]
+        vm = vm_state_from_tree(tree["vm"])
         for thread, saved in zip(self.vcpu_threads, vcpus, strict=True):
-            vcpu_state.restore(thread.vcpu, vcpu_state_from_dict(saved))
-        vm_state.restore(self.platform.vm, vm_state_from_dict(tree["vm"]))
+            vcpu_state.restore(thread.vcpu, saved)
+        vm_state.restore(self.platform.vm, vm)
         self.devices.restore(tree["devices"])
         for thread in self.vcpu_threads:
             thread.vcpu.kvmclock_ctrl()
-
-
-def vcpu_state_from_dict(data: dict[str, Any]) -> VcpuState:
-    fields = dict(data)
-    fields["msrs"] = [(int(i), int(v)) for i, v in data["msrs"]]
-    return VcpuState(**fields)
-
-
-def vm_state_from_dict(data: dict[str, Any]) -> VmState:
-    return VmState(**data)

@@ -1,0 +1,90 @@
+"""Fault injection for the handover safety tests: kill, exit, hang or corrupt at a named step.
+
+HOTSWAP_FAULT="SIDE@GEN:STEP:ACTION[,...]" where SIDE is `sender` or `successor`, GEN the generation of the VMM
+doing the step (the sender's own generation; the generation the successor is becoming), STEP a step name below, and
+ACTION one of kill (SIGKILL itself), exit (exit status 1), hang (stop answering). Sender-only data actions: corrupt
+(flip a byte of the STATE container), badversion (send a state container of an unknown format version), truncate
+(send half the container). The variable is inherited by successors; the generation keeps a fault to one upgrade.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+from hotswap import log
+
+ENV = "HOTSWAP_FAULT"
+SENDER_STEPS = (
+    "after_hello",
+    "after_config",
+    "after_ready",
+    "after_pause",
+    "after_state",
+    "after_restored",
+    "after_commit",
+)
+SUCCESSOR_STEPS = (
+    "after_hello",
+    "after_config",
+    "after_ready",
+    "after_state",
+    "after_restore",
+    "after_restored",
+    "after_commit",
+    "after_resumed",
+)
+
+
+def _faults(side: str, generation: int) -> dict[str, str]:
+    spec = os.environ.get(ENV, "")
+    found: dict[str, str] = {}
+    for item in filter(None, (part.strip() for part in spec.split(","))):
+        try:
+            who, step, action = item.split(":")
+            item_side, _, gen = who.partition("@")
+        except ValueError:
+            continue
+        if item_side == side and (not gen or int(gen) == generation):
+            found[step] = action
+    return found
+
+
+def action_at(side: str, generation: int, step: str) -> str | None:
+    return _faults(side, generation).get(step)
+
+
+def fault_point(side: str, generation: int, step: str) -> None:
+    """Do the configured process-level fault at this step, if any."""
+    action = action_at(side, generation, step)
+    if action is None:
+        return
+    log.get("faults").warning("fault.injected", side=side, step=step, action=action)
+    if action == "kill":
+        os.kill(os.getpid(), signal.SIGKILL)
+    elif action == "exit":
+        os._exit(1)
+    elif action == "hang":
+        while True:
+            time.sleep(3600)
+
+
+def mangle_state(blob: bytes, generation: int) -> bytes:
+    """Apply a data fault to the STATE container (sender side), if one is configured."""
+    faults = _faults("sender", generation)
+    action = faults.get("state")
+    if action == "corrupt":
+        middle = len(blob) // 2
+        return blob[:middle] + bytes([blob[middle] ^ 0xFF]) + blob[middle + 1 :]
+    if action == "truncate":
+        return blob[: len(blob) // 2]
+    if action == "badversion":
+        # The format version is the u16 right after the 8-byte magic; the CRC covers it, so recompute it too.
+        import struct
+        import zlib
+
+        body = bytearray(blob[:-4])
+        struct.pack_into("<H", body, 8, 99)
+        return bytes(body) + struct.pack("<I", zlib.crc32(body))
+    return blob

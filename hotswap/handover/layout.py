@@ -1,0 +1,76 @@
+"""The CONFIG message: the machine config plus where each fd in the message belongs.
+
+fds travel in this order: guest RAM memfds, console listener?, console log?, console clients, API listener,
+disk images, taps. The payload's "fds" map gives the counts, so the receiver can split the list and check that
+nothing is missing or extra."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from hotswap.machine.console import ConsoleFds
+from hotswap.state import check_fields, get_field
+from hotswap.state.errors import StateSchemaError
+
+
+@dataclass
+class HandoverFds:
+    memory: list[int]
+    console: ConsoleFds
+    api_listener: int
+    disks: list[int] = field(default_factory=list)
+    taps: list[int] = field(default_factory=list)
+
+    def flat(self) -> list[int]:
+        fds = list(self.memory)
+        if self.console.listener is not None:
+            fds.append(self.console.listener)
+        if self.console.log_file is not None:
+            fds.append(self.console.log_file)
+        fds += self.console.clients
+        fds.append(self.api_listener)
+        return fds + self.disks + self.taps
+
+    def counts(self) -> dict[str, int]:
+        return {
+            "memory": len(self.memory),
+            "console_listener": int(self.console.listener is not None),
+            "console_log": int(self.console.log_file is not None),
+            "console_clients": len(self.console.clients),
+            "api_listener": 1,
+            "disks": len(self.disks),
+            "taps": len(self.taps),
+        }
+
+    @classmethod
+    def split(cls, counts: dict[str, Any], fds: tuple[int, ...] | list[int]) -> HandoverFds:
+        """Rebuild the layout from the received fds; a count mismatch is an error (the caller closes the fds)."""
+        check_fields(counts, frozenset(cls.example_counts()), path="fds")
+        wanted = {name: get_field(counts, name, int, "fds") for name in cls.example_counts()}
+        if sum(wanted.values()) != len(fds):
+            raise StateSchemaError(f"CONFIG announces {sum(wanted.values())} fds but {len(fds)} arrived")
+        queue = list(fds)
+
+        def take(n: int) -> list[int]:
+            taken = queue[:n]
+            del queue[:n]
+            return taken
+
+        memory = take(wanted["memory"])
+        listener = take(wanted["console_listener"])
+        log_file = take(wanted["console_log"])
+        clients = take(wanted["console_clients"])
+        api = take(wanted["api_listener"])
+        if len(api) != 1:
+            raise StateSchemaError("CONFIG must carry exactly one API listener fd")
+        console = ConsoleFds(
+            listener=listener[0] if listener else None, log_file=log_file[0] if log_file else None, clients=clients
+        )
+        return cls(memory, console, api[0], take(wanted["disks"]), take(wanted["taps"]))
+
+    @staticmethod
+    def example_counts() -> dict[str, int]:
+        return dict.fromkeys(
+            ("memory", "console_listener", "console_log", "console_clients", "api_listener", "disks", "taps"), 0
+        )

@@ -1,0 +1,238 @@
+"""The old VMM's side of a live upgrade (DESIGN.md "Same-host handover").
+
+    old VMM                                   successor (`hotswap _successor --fd N`)
+      spawn ------------------------------->  starts Python, imports
+      <------------------------------- HELLO  versions it speaks
+      CONFIG + fds ------------------------>  builds VM, memslots, vCPUs, devices (guest still running here)
+      <------------------------------- READY
+      pause vCPUs, quiesce devices, capture
+      STATE ------------------------------->  restore vCPUs, VM, devices
+      <---------------------------- RESTORED
+      COMMIT ------------------------------>  (from here the old VMM never runs the guest again)
+                                              resume vCPUs, serve console and API
+      <----------------------------- RESUMED  its timings
+      reply to the user, exit 0
+
+Any failure before COMMIT: kill the successor, wait for it to be gone, resume the guest here, report why.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from typing import TYPE_CHECKING, Any
+
+from hotswap import __version__, log
+from hotswap.api.actions import Upgrade
+from hotswap.errors import ApiError, HotswapError, UpgradeError
+from hotswap.handover.faults import fault_point, mangle_state
+from hotswap.handover.layout import HandoverFds
+from hotswap.machine.machine import RunState
+from hotswap.state import FORMATS, decode, encode, pack
+from hotswap.wire.channel import Channel
+from hotswap.wire.errors import RemoteError, WireError
+from hotswap.wire.hello import Hello, negotiate
+from hotswap.wire.messages import ErrorCode, MessageType
+
+if TYPE_CHECKING:
+    from hotswap.vmm import Vmm
+
+RESTORE_TIMEOUT = 5.0  # seconds the paused guest waits for the successor to restore its state
+RESUME_TIMEOUT = 5.0
+
+
+def now_ns() -> int:
+    return time.clock_gettime_ns(time.CLOCK_MONOTONIC)
+
+
+def successor_command(executable: str | None) -> list[str]:
+    """The hotswap to start: --exec PATH, or this interpreter running the hotswap package installed now."""
+    if executable is None:
+        return [sys.executable, "-m", "hotswap"]
+    if not (os.path.isfile(executable) and os.access(executable, os.X_OK)):
+        raise ApiError(f"--exec {executable}: not an executable file", 400)
+    return [executable]
+
+
+def hand_over(vmm: Vmm, action: Upgrade) -> dict[str, Any]:
+    machine = vmm.machine
+    if action.mode == "exec":
+        raise ApiError("--mode exec is not available in this version; use the default transfer mode", 501)
+    if machine.state is not RunState.RUNNING:
+        raise ApiError(f"cannot upgrade: the VM is {machine.state.value} (resume it first)", 409)
+    generation = machine.generation
+    logger = log.get("handover").bind(side="sender", generation=generation)
+    command = successor_command(action.executable)
+    started = now_ns()
+    deadline = time.monotonic() + action.timeout
+
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        process = subprocess.Popen(
+            [*command, "_successor", "--fd", str(theirs.fileno())],
+            pass_fds=[theirs.fileno()],
+            env={**os.environ, **log.environment()},
+        )
+    except OSError as exc:
+        ours.close()
+        theirs.close()
+        raise UpgradeError(f"cannot start the successor {' '.join(command)}: {exc.strerror or exc}") from None
+    theirs.close()
+    channel = Channel(ours, peer=f"successor (pid {process.pid})")
+    session = _Session(vmm, channel, process, logger)
+    try:
+        return session.run(started, deadline, generation)
+    finally:
+        channel.close()
+
+
+class _Session:
+    """One handover attempt; knows how to roll back until it commits."""
+
+    def __init__(self, vmm: Vmm, channel: Channel, process: subprocess.Popen[bytes], logger: Any) -> None:
+        self.vmm = vmm
+        self.machine = vmm.machine
+        self.channel = channel
+        self.process = process
+        self.log = logger
+        self.paused = False
+        self.committed = False
+
+    def remaining(self, deadline: float) -> float:
+        return max(0.1, deadline - time.monotonic())
+
+    def run(self, started: int, deadline: float, generation: int) -> dict[str, Any]:
+        machine, channel = self.machine, self.channel
+        try:
+            hello = Hello.decode(channel.recv(self.remaining(deadline), {MessageType.HELLO}).payload)
+            negotiate(hello, state_format=FORMATS.current)
+            hello_at = now_ns()
+            fault_point("sender", generation, "after_hello")
+
+            fds = HandoverFds(
+                memory=machine.platform.memory.fds,
+                console=machine.console.fds(),
+                api_listener=self.vmm.api.listener_fd,
+            )
+            config = {
+                "config": machine.config.to_dict(),
+                "generation": generation + 1,
+                "booted_at_ns": machine.booted_at_ns,
+                "memory": [[spec.gpa, spec.size] for spec in machine.platform.memory.specs],
+                "fds": fds.counts(),
+            }
+            channel.send(MessageType.CONFIG, encode(config), fds.flat())
+            fault_point("sender", generation, "after_config")
+            ready = decode(channel.recv(self.remaining(deadline), {MessageType.READY}).payload)
+            ready_at = now_ns()
+            fault_point("sender", generation, "after_ready")
+
+            # ---- the pause window: only quiesce, capture, transfer, restore, resume ----
+            self.vmm.api.stop_accepting()  # requests now wait in the socket's backlog for whoever owns it next
+            pause_requested = now_ns()
+            window = machine.pause()
+            self.paused = True
+            fault_point("sender", generation, "after_pause")
+            machine.devices.quiesce()
+            blob = pack(machine.capture_state())
+            captured = now_ns()
+            channel.send(MessageType.STATE, mangle_state(blob, generation))
+            fault_point("sender", generation, "after_state")
+            channel.recv(RESTORE_TIMEOUT, {MessageType.RESTORED})
+            fault_point("sender", generation, "after_restored")
+            channel.send(MessageType.COMMIT)
+            self.committed = True
+        except (WireError, HotswapError, OSError, ValueError) as exc:
+            reason = self._describe_failure(exc)
+            self._roll_back(reason)
+            raise UpgradeError(f"upgrade failed, the guest keeps running in pid {os.getpid()}: {reason}") from None
+
+        # ---- committed: the guest belongs to the successor now ----
+        machine.abandon()
+        fault_point("sender", generation, "after_commit")
+        try:
+            resumed = decode(channel.recv(RESUME_TIMEOUT, {MessageType.RESUMED}).payload)
+        except WireError as exc:
+            self.vmm.mark_handed_over()
+            raise UpgradeError(
+                f"the successor (pid {self.process.pid}) took the guest but did not confirm it runs: {exc}"
+            ) from None
+        self.vmm.mark_handed_over()
+        result = _result(
+            self, hello, started, hello_at, ready, ready_at, pause_requested, window, captured, blob, resumed
+        )
+        self.log.info("upgrade.done", **{k: v for k, v in result.items() if not isinstance(v, dict)})
+        return result
+
+    def _describe_failure(self, exc: BaseException) -> str:
+        if isinstance(exc, RemoteError):
+            return f"the successor refused: {exc}"
+        if self.process.poll() is not None:
+            return f"the successor exited with status {self.process.returncode} ({type(exc).__name__}: {exc})"
+        return str(exc)
+
+    def _roll_back(self, reason: str) -> None:
+        """Before COMMIT: make sure the successor is gone, then let the guest run here again."""
+        self.log.warning("upgrade.rollback", reason=reason, paused=self.paused)
+        try:
+            self.channel.send_abort(ErrorCode.ABORTED, reason, timeout=0.5)
+        except (WireError, OSError):
+            pass
+        if self.process.poll() is None:
+            self.process.kill()
+        try:
+            self.process.wait(10)
+        except subprocess.TimeoutExpired:
+            self.log.error("upgrade.successor_unkillable", pid=self.process.pid)
+        if self.paused:
+            self.machine.devices.resume()
+            self.machine.resume()
+        self.vmm.api.start()
+
+
+def _result(
+    session: _Session,
+    hello: Hello,
+    started: int,
+    hello_at: int,
+    ready: Any,
+    ready_at: int,
+    pause_requested: int,
+    window: Any,
+    captured: int,
+    blob: bytes,
+    resumed: Any,
+) -> dict[str, Any]:
+    def us(a: int, b: int) -> int:
+        return max(0, (b - a) // 1000)
+
+    state_received = int(resumed["state_received_ns"])
+    restored = int(resumed["restored_ns"])
+    committed = int(resumed["commit_received_ns"])
+    resumed_at = int(resumed["resumed_ns"])
+    return {
+        "name": session.machine.config.name,
+        "old_pid": os.getpid(),
+        "new_pid": session.process.pid,
+        "old_version": __version__,
+        "new_version": hello.package_version,
+        "generation": session.machine.generation + 1,
+        "mode": "transfer",
+        "downtime_us": us(window.first_paused_ns, resumed_at),
+        "state_bytes": len(blob),
+        "guest_memory_copied_bytes": 0,  # memfds are shared, never copied
+        "phases_us": {
+            "successor_start": us(started, hello_at),
+            "prepare": us(hello_at, ready_at),
+            "pause": us(pause_requested, window.last_paused_ns),
+            "capture": us(window.last_paused_ns, captured),
+            "transfer": us(captured, state_received),
+            "restore": us(state_received, restored),
+            "commit": us(restored, committed),
+            "resume": us(committed, resumed_at),
+        },
+        "successor_prepare_us": dict(ready) if isinstance(ready, dict) else {},
+    }

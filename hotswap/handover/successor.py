@@ -1,0 +1,184 @@
+"""The successor's side of a live upgrade: `hotswap _successor --fd N`, started by the old VMM.
+
+Receiver states (anything out of order is a protocol error that aborts without touching the guest):
+  STARTED -> HELLO sent -> CONFIGURED (VM built from CONFIG + fds) -> READY sent -> STATE received -> RESTORED sent
+  -> COMMITTED -> RESUMED. Until COMMIT the guest's vCPUs never run here; after COMMIT they only run here.
+If the old VMM dies after it sent STATE (its socket closes and its pid is gone), this process takes over.
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import socket
+import time
+from typing import Any
+
+from hotswap import exitcodes, log, registry, sdnotify
+from hotswap.config import MachineConfig
+from hotswap.errors import HotswapError
+from hotswap.handover.faults import fault_point
+from hotswap.handover.layout import HandoverFds
+from hotswap.machine.machine import Machine
+from hotswap.state import StateError, check_fields, decode, encode, get_field, unpack
+from hotswap.vmm import Vmm
+from hotswap.wire.channel import Channel
+from hotswap.wire.errors import PeerClosed, WireError
+from hotswap.wire.hello import Hello
+from hotswap.wire.messages import ErrorCode, MessageType
+
+CONFIG_TIMEOUT = 60.0  # the old VMM sends CONFIG right after our HELLO
+STATE_TIMEOUT = 120.0  # the old VMM pauses when we are READY; it may be slow to get there
+COMMIT_TIMEOUT = 30.0
+OLD_EXIT_GRACE = 5.0  # after the channel closes, how long we wait to see the old VMM's pid go away
+
+
+def now_ns() -> int:
+    return time.clock_gettime_ns(time.CLOCK_MONOTONIC)
+
+
+def run_successor(fd: int) -> int:
+    log.configure_from_environment()
+    channel = Channel(socket.socket(fileno=fd), peer=f"old VMM (pid {os.getppid()})")
+    old_pid = os.getppid()
+    try:
+        old_pidfd = os.pidfd_open(old_pid)
+    except OSError:
+        old_pidfd = -1
+    return _Successor(channel, old_pid, old_pidfd).run()
+
+
+class _Successor:
+    def __init__(self, channel: Channel, old_pid: int, old_pidfd: int) -> None:
+        self.channel = channel
+        self.old_pid = old_pid
+        self.old_pidfd = old_pidfd
+        self.machine: Machine | None = None
+        self.vmm: Vmm | None = None
+        self.generation = 0
+        self.log = log.get("handover").bind(side="successor")
+
+    def run(self) -> int:
+        channel = self.channel
+        try:
+            channel.send(MessageType.HELLO, Hello.local().encode())
+            config_message = channel.recv(CONFIG_TIMEOUT, {MessageType.CONFIG})
+            fault_point("successor", self._peek_generation(config_message.payload), "after_hello")
+            try:
+                prepare = self._prepare(config_message.payload, config_message.fds)
+            except (HotswapError, StateError, OSError, ValueError, TypeError) as exc:
+                config_message.close_fds()
+                self._refuse(ErrorCode.BAD_CONFIG, f"cannot build the machine: {exc}")
+                return exitcodes.ERROR
+            fault_point("successor", self.generation, "after_config")
+            channel.send(MessageType.READY, encode(prepare))
+            fault_point("successor", self.generation, "after_ready")
+            state_message = channel.recv(STATE_TIMEOUT, {MessageType.STATE})
+            state_received = now_ns()
+        except WireError as exc:
+            self.log.warning("handover.aborted", reason=str(exc))
+            self._discard()
+            return exitcodes.ERROR
+
+        # From here the old VMM's guest is paused, waiting for us.
+        fault_point("successor", self.generation, "after_state")
+        assert self.machine is not None
+        try:
+            tree = unpack(state_message.payload).tree
+            self.machine.restore_state(tree)
+        except StateError as exc:
+            self._refuse(ErrorCode.BAD_STATE, f"state rejected: {exc}")
+            return exitcodes.ERROR
+        except Exception as exc:
+            self._refuse(ErrorCode.RESTORE_FAILED, f"restore failed: {exc}")
+            return exitcodes.ERROR
+        restored = now_ns()
+        fault_point("successor", self.generation, "after_restore")
+        try:
+            channel.send(MessageType.RESTORED)
+            fault_point("successor", self.generation, "after_restored")
+            channel.recv(COMMIT_TIMEOUT, {MessageType.COMMIT})
+        except PeerClosed:
+            if not self._old_is_gone():
+                self.log.warning("handover.aborted", reason="the old VMM closed the channel but is still alive")
+                self._discard()
+                return exitcodes.ERROR
+            self.log.warning("handover.takeover", reason=f"the old VMM (pid {self.old_pid}) died after sending STATE")
+            return self._take_over(state_received, restored, now_ns(), confirm=False)
+        except WireError as exc:
+            self.log.warning("handover.aborted", reason=str(exc))
+            self._discard()
+            return exitcodes.ERROR
+        return self._take_over(state_received, restored, now_ns(), confirm=True)
+
+    def _peek_generation(self, payload: bytes) -> int:
+        try:
+            config = decode(payload)
+            generation = config.get("generation") if isinstance(config, dict) else None
+            return generation if isinstance(generation, int) else 0
+        except (StateError, KeyError, TypeError, ValueError):
+            return 0
+
+    def _prepare(self, payload: bytes, fds: tuple[int, ...]) -> dict[str, Any]:
+        """Build the whole machine from CONFIG before the old VMM pauses anything."""
+        started = now_ns()
+        message = check_fields(decode(payload), frozenset({"config", "generation", "booted_at_ns", "memory", "fds"}))
+        config = MachineConfig.from_dict(get_field(message, "config", dict))
+        self.generation = get_field(message, "generation", int)
+        layout = HandoverFds.split(get_field(message, "fds", dict), fds)
+        log.bind(vm=config.name, generation=self.generation)
+        self.machine = Machine.create(
+            config,
+            memory_fds=layout.memory,
+            console_fds=layout.console,
+            generation=self.generation,
+            booted_at_ns=get_field(message, "booted_at_ns", int),
+        )
+        self.vmm = Vmm(self.machine, socket.socket(fileno=layout.api_listener))
+        self.machine.start_paused()
+        self.machine.loop.start()
+        return {"build_us": (now_ns() - started) // 1000, **self.machine.platform.timings_us}
+
+    def _take_over(self, state_received: int, restored: int, committed: int, confirm: bool) -> int:
+        assert self.machine is not None and self.vmm is not None
+        fault_point("successor", self.generation, "after_commit")
+        resumed = self.machine.resume()
+        self.machine.devices.resume()
+        self.vmm.register()
+        sdnotify.notify(mainpid=os.getpid())
+        timings = {
+            "state_received_ns": state_received,
+            "restored_ns": restored,
+            "commit_received_ns": committed,
+            "resumed_ns": resumed,
+        }
+        if confirm:
+            try:
+                self.channel.send(MessageType.RESUMED, encode(timings), timeout=1.0)
+            except (WireError, OSError):
+                pass  # the old VMM is gone; the guest runs here regardless
+        self.channel.close()
+        fault_point("successor", self.generation, "after_resumed")
+        self.log.info("handover.resumed", generation=self.generation, pid=os.getpid(), registry=str(registry.run_dir()))
+        return self.vmm.run()
+
+    def _refuse(self, code: ErrorCode, message: str) -> None:
+        self.log.warning("handover.refused", code=code.name, reason=message)
+        try:
+            self.channel.send_error(code, message, timeout=1.0)
+        except (WireError, OSError):
+            pass
+        self._discard()
+
+    def _discard(self) -> None:
+        """Give up without ever having run the guest: drop our VM (the memfds are shared, not ours to clear)."""
+        if self.machine is not None:
+            self.machine.abandon()
+            self.machine.platform.close()
+        self.channel.close()
+
+    def _old_is_gone(self) -> bool:
+        if self.old_pidfd < 0:
+            return not registry.pid_alive(self.old_pid)
+        readable, _, _ = select.select([self.old_pidfd], [], [], OLD_EXIT_GRACE)
+        return bool(readable)
