@@ -1,0 +1,24 @@
+/* The guest's settings, from the command line (see docs/test-guest.md for every key). */
+#ifndef HSG_CONFIG_H
+#define HSG_CONFIG_H
+
+#include "types.h"
+
+struct config {
+	u64 ws_bytes;      /* ws=SIZE: working set, split across the CPUs */
+	u32 cpus;          /* cpus=N: 0 = as discovered */
+	u32 timer_hz;      /* timer_hz=N: LAPIC timer ticks per second per CPU, 0 = off */
+	u64 tsc_khz;       /* tsc_khz=N: 0 = detect */
+	u32 status_ms;     /* status_ms=N: 0 = no status lines */
+	u64 exit_after;    /* exit_after=N: reset after N status lines, 0 = never */
+	u64 uart_mmio;     /* uart=mmio[:ADDR] -> the address; uart=port -> 0 */
+	u32 microbench;    /* microbench=1: print I/O cost measurements before "hsg: ready" */
+};
+
+/* Fills `config` from the command line; prints a warning line for each value it cannot parse. */
+void config_parse(struct config *config, const char *cmdline);
+
+/* Warnings are collected before the UART is set up; this prints them. */
+void config_print_warnings(void);
+
+#endif
