@@ -10,6 +10,7 @@ from boot_fakes import SparseMemory, cached, make_bzimage, make_elf, make_pvh_el
 
 from hotswap.boot import BootError, detect_format, load_kernel, split_ram
 from hotswap.boot.plan import BootPlan
+from hotswap.errors import ConfigError
 from hotswap.layout import (
     BOOT_GDT_ADDR,
     CMDLINE_ADDR,
@@ -182,6 +183,10 @@ def test_corrupt_kernels_give_one_line_errors_naming_the_file(tmp_path: Path, co
     assert str(path) in str(info.value) and "\n" not in str(info.value)
     with pytest.raises(BootError, match=message):
         load_kernel(SparseMemory(RAM_256M), path, None, "", RAM_256M, 1)
+
+
+def test_boot_errors_reach_the_user_as_hotswap_config_errors() -> None:
+    assert issubclass(BootError, ConfigError)
 
 
 def test_missing_files(tmp_path: Path) -> None:
