@@ -1,0 +1,64 @@
+"""The test guest: build it, and read its status lines (docs/test-guest.md has the format)."""
+
+from __future__ import annotations
+
+import functools
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+MMIO_UART = "uart=mmio:0xd0000000"
+
+
+@functools.cache
+def test_guest() -> Path:
+    """Build guest/build/testguest.elf (incremental) and return its path."""
+    out = subprocess.run(
+        [str(REPO / "guest" / "build-testguest.sh")], check=True, capture_output=True, text=True, timeout=300
+    )
+    return Path(out.stdout.strip().splitlines()[-1])
+
+
+@dataclass(frozen=True)
+class Status:
+    seq: int
+    cpus: int
+    steps: int
+    passes: int
+    ticks: int
+    integrity: str
+    gap_us: int
+    maxgap_us: int
+    uptime_us: int
+
+    @classmethod
+    def parse(cls, line: str) -> Status | None:
+        if not line.startswith("hsg: status "):
+            return None
+        fields = dict(token.split("=", 1) for token in line.split()[2:] if "=" in token)
+        return cls(
+            seq=int(fields["seq"]),
+            cpus=int(fields["cpus"]),
+            steps=int(fields["steps"]),
+            passes=int(fields["passes"]),
+            ticks=int(fields["ticks"]),
+            integrity=fields["integrity"],
+            gap_us=int(fields["gap_us"]),
+            maxgap_us=int(fields["maxgap_us"]),
+            uptime_us=int(fields["uptime_us"]),
+        )
+
+
+def complete_lines(text: str) -> list[str]:
+    """The lines of `text` that are complete (a line still being printed has no newline yet)."""
+    lines = text.split("\n")
+    return [line.strip() for line in lines[:-1]]
+
+
+def statuses(text: str) -> list[Status]:
+    return [s for s in (Status.parse(line) for line in complete_lines(text)) if s is not None]
+
+
+def guest_cmdline(ws: str = "16M", status_ms: int = 100, extra: str = "") -> str:
+    return f"{MMIO_UART} ws={ws} status_ms={status_ms} {extra}".strip()
