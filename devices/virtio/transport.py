@@ -87,6 +87,9 @@ class VirtioMmioTransport:
         self._reset_registers()
 
     def _reset_registers(self) -> None:
+        # What DeviceFeatures shows. Fixed for the life of a driver instance: after a live upgrade the successor
+        # keeps offering what the old process offered (its device may support more) until the driver resets.
+        self.device_features = self.device.device_features
         self.device_features_sel = 0
         self.driver_features_sel = 0
         self.driver_features = 0
@@ -128,7 +131,7 @@ class VirtioMmioTransport:
         if offset == VENDOR:
             return VENDOR_ID
         if offset == DEVICE_FEATURES:
-            return self.device.device_features >> (32 * self.device_features_sel) if self.device_features_sel < 2 else 0
+            return self.device_features >> (32 * self.device_features_sel) if self.device_features_sel < 2 else 0
         if offset == QUEUE_NUM_MAX:
             return queue.max_size if queue else 0
         if offset == QUEUE_NUM:
@@ -228,7 +231,7 @@ class VirtioMmioTransport:
             self._activate()
 
     def _features_acceptable(self) -> bool:
-        offered = self.device.device_features
+        offered = self.device_features
         return not self.driver_features & ~offered and bool(self.driver_features & bit(F_VERSION_1))
 
     def _activate(self) -> None:
@@ -319,6 +322,11 @@ class VirtioMmioTransport:
         """Start processing again and look at every queue once (notifications may have been missed)."""
         with self._lock:
             self._quiesced = False
+            if self.interrupt_status:
+                # The driver has not acknowledged an interrupt yet. Its last pulse may have been in flight in the
+                # old process's irqfd when the irqchip state was captured; one spurious interrupt is harmless
+                # (the handler reads InterruptStatus), a lost one stalls the driver.
+                self.irq.pulse()
             if self._active:
                 self._run(self.device.recheck)
 
@@ -330,6 +338,7 @@ class VirtioMmioTransport:
         with self._lock:
             return {
                 "device_id": self.device.device_id,
+                "device_features": self.device_features,
                 "device_features_sel": self.device_features_sel,
                 "driver_features_sel": self.driver_features_sel,
                 "driver_features": self.driver_features,
@@ -356,6 +365,7 @@ class VirtioMmioTransport:
         device_id = reader.get_int("device_id", 0, U32_MASK)
         if device_id != self.device.device_id:
             raise StateError(f"{where}: field 'device_id' is {device_id}, this device is {self.device.device_id}")
+        self.device_features = reader.get_int("device_features", 0, U64_MASK)
         self.device_features_sel = reader.get_int("device_features_sel", 0, U32_MASK)
         self.driver_features_sel = reader.get_int("driver_features_sel", 0, U32_MASK)
         self.driver_features = reader.get_int("driver_features", 0, U64_MASK)
@@ -370,10 +380,15 @@ class VirtioMmioTransport:
             queue.restore(saved, f"{where}.queues[{i}]")
         self.device.restore_state(reader.get_raw("device"), reader.where("device"))
         reader.finish()
-        if self.driver_features & ~self.device.device_features:
+        if self.device_features & ~self.device.device_features:
             raise StateError(
-                f"{where}: field 'driver_features' {self.driver_features:#x} has bits this device does not offer "
-                f"({self.device.device_features:#x})"
+                f"{where}: field 'device_features' {self.device_features:#x} has bits this device cannot do "
+                f"(it offers {self.device.device_features:#x})"
+            )
+        if self.driver_features & ~self.device_features:
+            raise StateError(
+                f"{where}: field 'driver_features' {self.driver_features:#x} has bits that were not offered "
+                f"({self.device_features:#x})"
             )
         try:
             for queue in self._queues:

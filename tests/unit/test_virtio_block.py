@@ -34,11 +34,13 @@ def image(tmp_path: Path) -> Path:
 
 
 class BlkRig:
-    def __init__(self, image: Path, *, read_only: bool = False, serial: str = "hotswap-disk-1") -> None:
+    def __init__(
+        self, image: Path, *, read_only: bool = False, serial: str = "hotswap-disk-1", open_flags: int | None = None
+    ) -> None:
         self.image = image
         self.memory = FakeMemory()
         self.irq = FakeInterrupt()
-        fd = os.open(image, os.O_RDONLY if read_only else os.O_RDWR)
+        fd = os.open(image, (os.O_RDONLY if read_only else os.O_RDWR) if open_flags is None else open_flags)
         self.device = VirtioBlock(fd, read_only=read_only, serial=serial, queue_size=QUEUE_SIZE)
         self.transport = VirtioMmioTransport(self.device, self.memory, self.irq)
         self.queue = DriverQueue(self.memory, QUEUE_SIZE)
@@ -162,6 +164,13 @@ def test_get_id(rig: BlkRig) -> None:
     assert rig.memory.read(buf[0], 20) == b"hotswap-disk-1".ljust(20, b"\0")
 
 
+def test_get_id_into_scattered_buffers(rig: BlkRig) -> None:
+    first, second = rig.data(8, writable=True), rig.data(12, writable=True)
+    status, used = rig.run([rig.header(RequestType.GET_ID), first, second, rig.status_buffer()])
+    assert (status, used) == (BlkStatus.OK, 21)
+    assert rig.memory.read(first[0], 8) + rig.memory.read(second[0], 12) == b"hotswap-disk-1".ljust(20, b"\0")
+
+
 def test_get_id_full_length_serial_is_not_terminated(image: Path) -> None:
     rig = BlkRig(image, serial="S" * 20)
     buf = rig.data(20, writable=True)
@@ -182,8 +191,10 @@ def test_unknown_type_is_unsupported(rig: BlkRig) -> None:
     assert (status, used) == (BlkStatus.UNSUPP, 1)
 
 
-def test_read_only_disk(image: Path) -> None:
-    rig = BlkRig(image, read_only=True)
+@pytest.mark.parametrize("open_flags", [os.O_RDONLY, os.O_RDWR])
+def test_read_only_disk(image: Path, open_flags: int) -> None:
+    """Read-only is the device's policy, whatever mode the host opened the image in."""
+    rig = BlkRig(image, read_only=True, open_flags=open_flags)
     assert device_features(rig.transport) & bit(block.F_RO)
     before = image.read_bytes()
     status, _ = rig.run(
@@ -219,6 +230,14 @@ def test_past_the_end(rig: BlkRig, sector: int, count: int) -> None:
     status, _ = rig.run(buffers)
     assert status == BlkStatus.IOERR
     assert rig.healthy()
+
+
+@pytest.mark.parametrize("sector", [SECTORS, SECTORS - 1, 2**40])
+def test_write_past_the_end_does_not_grow_the_image(rig: BlkRig, sector: int) -> None:
+    size = rig.image.stat().st_size
+    data = rig.data(2 * SECTOR_SIZE, writable=False, fill=b"\x11" * 2 * SECTOR_SIZE)
+    assert rig.run([rig.header(RequestType.OUT, sector), data, rig.status_buffer()])[0] == BlkStatus.IOERR
+    assert rig.image.stat().st_size == size
 
 
 @pytest.mark.parametrize("kind", [RequestType.IN, RequestType.OUT])

@@ -218,6 +218,8 @@ def test_vring_need_event() -> None:
     assert not vring_need_event(10, 10, 3)
     assert vring_need_event(0xFFFF, 1, 0xFFFE)  # across the wrap
     assert not vring_need_event(5, 5, 5)
+    assert not vring_need_event(2, 5, 3)  # entry 2 was used before the previous decision: already signalled
+    assert vring_need_event(3, 5, 3)
 
 
 def complete_one(memory: FakeMemory, driver: DriverQueue, queue: Virtqueue) -> None:
@@ -239,6 +241,16 @@ def test_event_idx_suppresses_interrupts() -> None:
     complete_one(memory, driver, queue)  # 4: entry 3 now used
     assert queue.needs_interrupt()
     assert not queue.needs_interrupt()  # nothing new since
+
+
+def test_first_decision_after_activation_always_interrupts() -> None:
+    """Conservative after activation or restore: signalled_used is not trusted until one decision was made."""
+    memory, driver, queue = make()
+    driver.set_used_event(100)
+    complete_one(memory, driver, queue)
+    assert queue.needs_interrupt()
+    complete_one(memory, driver, queue)
+    assert not queue.needs_interrupt()
 
 
 def test_no_interrupt_flag_without_event_idx() -> None:

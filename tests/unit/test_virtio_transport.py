@@ -403,6 +403,49 @@ def test_restore_before_driver_ok(rig: Rig) -> None:
     assert rig.queues[0].take_used() == [(head, 8)]
 
 
+def test_resume_repeats_an_unacknowledged_interrupt(rig: Rig) -> None:
+    rig.start()
+    rig.submit(0)
+    rig.transport.notify(0)
+    assert rig.irq.pulses == 1
+    rig.transport.quiesce()
+    transport, _ = restored(rig, rig.transport.save())
+    transport.resume()
+    assert rig.irq.pulses == 2  # the first pulse may have been lost in the handover
+    reg_write(transport, INTERRUPT_ACK, InterruptStatus.USED_BUFFER)
+    transport.quiesce()
+    transport.resume()
+    assert rig.irq.pulses == 2
+
+
+class SmallerEcho(EchoDevice):
+    """A device version that can do less than the one whose state was saved."""
+
+    @property
+    def device_features(self) -> int:
+        return COMMON_FEATURES
+
+
+class BiggerEcho(EchoDevice):
+    """A newer device version that can do more."""
+
+    @property
+    def device_features(self) -> int:
+        return COMMON_FEATURES | bit(EXTRA_FEATURE) | bit(3)
+
+
+def test_successor_keeps_offering_the_saved_features(rig: Rig) -> None:
+    rig.start()
+    state = rig.transport.save()
+    assert state["device_features"] == COMMON_FEATURES | bit(EXTRA_FEATURE)
+    transport = VirtioMmioTransport.restore(BiggerEcho(), rig.memory, rig.irq, state)
+    assert device_features(transport) == COMMON_FEATURES | bit(EXTRA_FEATURE)
+    reg_write(transport, STATUS, 0)  # a new driver instance sees what the new device can do
+    assert device_features(transport) == COMMON_FEATURES | bit(EXTRA_FEATURE) | bit(3)
+    with pytest.raises(StateError, match="'device_features'"):
+        VirtioMmioTransport.restore(SmallerEcho(), rig.memory, rig.irq, state)
+
+
 def test_restore_rejects_unknown_field(rig: Rig) -> None:
     rig.start()
     state = rig.transport.save()
@@ -436,6 +479,8 @@ def test_restore_rejects_wrong_types_and_values(rig: Rig) -> None:
         restored(rig, {**state, "device_id": 2})
     with pytest.raises(StateError, match="'driver_features'"):
         restored(rig, {**state, "driver_features": bit(F_VERSION_1) | bit(3)})
+    with pytest.raises(StateError, match="'driver_features'"):
+        restored(rig, {**state, "device_features": bit(F_VERSION_1)})
     with pytest.raises(StateError, match="'queues' has 1 entries"):
         restored(rig, {**state, "queues": state["queues"][:1]})
     bad_queue = dict(state["queues"][0], desc_addr=RAM_BASE + RAM_SIZE)
@@ -448,6 +493,7 @@ def test_restore_keeps_event_idx_bookkeeping(rig: Rig) -> None:
     rig.submit(0)
     rig.transport.notify(0)
     assert rig.irq.pulses == 1
+    reg_write(rig.transport, INTERRUPT_ACK, InterruptStatus.USED_BUFFER)
     rig.queues[0].set_used_event(3)
     rig.transport.quiesce()
     transport, _ = restored(rig, rig.transport.save())
