@@ -153,8 +153,14 @@ class Virtqueue:
         self._avail_idx = self.next_avail
         self._used_since_check = False
 
+    def deactivate(self) -> None:
+        """QueueReady = 0: the driver stops using the queue; the device must not touch its rings any more."""
+        self.ready = False
+        self._memory = None
+
     @property
     def active(self) -> bool:
+        """Ready and bound to guest memory with the negotiated features: the device may use it."""
         return self._memory is not None
 
     def _mem(self) -> GuestMemory:

@@ -203,7 +203,7 @@ class VirtioMmioTransport:
 
     def _write_queue_ready(self, queue: Virtqueue, value: int) -> None:
         if not value & 1:
-            queue.ready = False
+            queue.deactivate()
             return
         if queue.ready:
             return
@@ -227,7 +227,7 @@ class VirtioMmioTransport:
         if new & Status.DRIVER_OK and not value & Status.FEATURES_OK:
             value &= ~Status.DRIVER_OK
         self.status = value
-        if new & Status.DRIVER_OK and value & Status.DRIVER_OK:
+        if new & Status.DRIVER_OK and self._active:  # never start a device that already needs a reset
             self._activate()
 
     def _features_acceptable(self) -> bool:

@@ -311,6 +311,32 @@ def test_bad_chain_sets_needs_reset_with_config_interrupt(rig: Rig) -> None:
     assert rig.memory.guard_intact()
 
 
+def test_driver_ok_after_a_fatal_error_does_not_start_the_device(rig: Rig) -> None:
+    assert negotiate(rig.transport)
+    rig.queues[0].configure(rig.transport, 0)
+    rig.queues[1].configure(rig.transport, 1, ready=False)
+    reg_write(rig.transport, QUEUE_NUM, 3)
+    reg_write(rig.transport, QUEUE_READY, 1)  # refused: needs reset
+    rig.submit(0)
+    driver_ok(rig.transport)
+    assert rig.device.processed == []
+    assert not rig.device.active
+
+
+def test_queue_ready_zero_stops_the_queue(rig: Rig) -> None:
+    rig.start()
+    reg_write(rig.transport, QUEUE_SEL, 0)
+    reg_write(rig.transport, QUEUE_READY, 0)
+    assert reg_read(rig.transport, QUEUE_READY) == 0
+    rig.submit(0)
+    rig.device.processed.clear()
+    rig.transport.notify(0)
+    rig.transport.quiesce()
+    rig.transport.resume()
+    assert rig.device.processed == [1]  # the resume re-check skips the stopped queue
+    assert rig.queues[0].take_used() == []
+
+
 def test_device_bug_does_not_escape_notify(rig: Rig) -> None:
     rig.start()
     rig.device.explode = True
