@@ -36,6 +36,9 @@ pvh_entry:
 	rdtsc
 	movl %eax, boot_tsc
 	movl %edx, boot_tsc + 4
+	movb $0xFF, %al /* mask both 8259s now: ring 3 runs with IF=1 and firmware may have left the PIT ticking */
+	outb %al, $0x21
+	outb %al, $0xA1
 	lgdt gdt_ptr
 	ljmp $KCODE32_SEL, $1f
 1:	xorl %edi, %edi /* CPU index 0 */

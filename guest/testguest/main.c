@@ -45,13 +45,6 @@ static void copy_cmdline(const struct hvm_start_info *info)
 		cmdline[i] = src[i];
 }
 
-/* The 8259s' IRQs would arrive on exception vectors (0x08..0x0F by default): mask them all. */
-static void mask_legacy_pic(void)
-{
-	outb(0x21, 0xFF);
-	outb(0xA1, 0xFF);
-}
-
 static void bsp_progress_byte(void) { progress_step(&cpus[0]); }
 
 static u32 start_cpus(u32 *apic_ids, u32 n)
@@ -80,7 +73,10 @@ static void plan_workload(void)
 	struct line l;
 	line_start(&l, "hsg: error");
 	line_kv(&l, "ws", config.ws_bytes);
-	line_str(&l, " does not fit:");
+	if (config.ws_bytes < (u64)cpu_count * 4096)
+		line_str(&l, " is less than one page per CPU:");
+	else
+		line_str(&l, " does not fit:");
 	line_kv(&l, "usable", available);
 	line_kv(&l, "cpus", cpu_count);
 	fail(&l);
@@ -129,7 +125,6 @@ NORETURN void bsp_main(u32 index)
 		line_kv(&l, "version", info->version);
 		fail(&l);
 	}
-	mask_legacy_pic();
 
 	enum tsc_source tsc_source;
 	tsc_khz = tsc_detect_khz(config.tsc_khz, &tsc_source);

@@ -22,8 +22,8 @@ static inline u64 progress_step(struct cpu *c)
 	if (gap > c->gap_max)
 		WRITE_ONCE(c->gap_max, gap);
 	u64 seen = __atomic_load_n(&c->gap_since_status, __ATOMIC_RELAXED);
-	while (gap > seen &&
-	       !__atomic_compare_exchange_n(&c->gap_since_status, &seen, gap, false, __ATOMIC_RELAXED,
+	while (gap > seen && /* release: gap_max is never seen older than gap_since_status */
+	       !__atomic_compare_exchange_n(&c->gap_since_status, &seen, gap, false, __ATOMIC_RELEASE,
 					    __ATOMIC_RELAXED))
 		;
 	return now;
@@ -32,7 +32,7 @@ static inline u64 progress_step(struct cpu *c)
 /* The bootstrap CPU takes a CPU's longest gap since the previous status line. */
 static inline u64 progress_take_gap(struct cpu *c)
 {
-	return __atomic_exchange_n(&c->gap_since_status, 0, __ATOMIC_RELAXED);
+	return __atomic_exchange_n(&c->gap_since_status, 0, __ATOMIC_ACQ_REL);
 }
 
 #endif

@@ -62,9 +62,9 @@ void smp_install_trampoline(void)
 	memcpy((void *)TRAMPOLINE_ADDR, ap_trampoline, (usize)(ap_trampoline_end - ap_trampoline));
 }
 
-static bool wait_online(u32 index, u64 tsc_khz, u32 ms)
+static bool wait_online(u32 index, u64 tsc_khz, u64 us)
 {
-	u64 deadline = rdtsc() + tsc_khz * ms;
+	u64 deadline = rdtsc() + tsc_khz * us / 1000;
 	while (rdtsc() < deadline)
 		if (READ_ONCE(cpus[index].online))
 			return true;
@@ -81,8 +81,9 @@ bool smp_start_ap(u32 index, u32 apic_id, u64 tsc_khz)
 	if (!(cpuid(1, 0).ecx & (1U << 31)))
 		tsc_spin_until(rdtsc() + tsc_khz * 10);
 	lapic_send_sipi(apic_id, TRAMPOLINE_ADDR >> 12);
-	if (wait_online(index, tsc_khz, 100))
+	if (wait_online(index, tsc_khz, 200))
 		return true;
-	lapic_send_sipi(apic_id, TRAMPOLINE_ADDR >> 12); /* the second SIPI of the sequence, if the first was lost */
-	return wait_online(index, tsc_khz, 2000);
+	/* The second SIPI, 200 us on as the MP spec has it (a CPU that already started ignores it). */
+	lapic_send_sipi(apic_id, TRAMPOLINE_ADDR >> 12);
+	return wait_online(index, tsc_khz, 2000000);
 }

@@ -13,8 +13,8 @@ struct integrity_failure {
 	u64 got;
 };
 
-/* Lays the working set out on usable RAM above the image and splits it across `cpu_count` CPUs.
- * Returns false if it does not fit; *available is then the usable RAM in bytes. */
+/* Lays the working set out on usable RAM above the image and splits it across `cpu_count` CPUs (at least one
+ * page each). Returns false if it does not fit; *available is the usable RAM in bytes either way. */
 bool workload_plan(u64 ws_bytes, u32 cpu_count, u64 *available);
 
 /* Rewrites the CPU's next page (one progress step); returns the TSC of that step. */
