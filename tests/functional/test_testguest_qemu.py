@@ -14,6 +14,7 @@ import signal
 import socket
 import struct
 import subprocess
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -24,7 +25,6 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 BUILD_SCRIPT = REPO / "guest" / "build-testguest.sh"
-GUEST_SOURCES = REPO / "guest" / "testguest"
 KVM = "/dev/kvm"
 QEMU = "qemu-system-x86_64"
 BOOT_TIMEOUT = 60.0  # the guest prints its first status line ~0.3 s after QEMU starts; this host is noisy
@@ -103,9 +103,9 @@ class QemuGuest:
             "-no-reboot", "-kernel", str(kernel), "-append", append, *extra,
         ]  # fmt: skip
         self.started = time.monotonic()
-        self.proc = subprocess.Popen(
-            self.argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE
-        )
+        # A file, not a pipe: QEMU must never block on it. Closed in kill().
+        self._stderr = tempfile.TemporaryFile()  # noqa: SIM115
+        self.proc = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=self._stderr)
         self.lines: list[tuple[float, str]] = []  # (seconds since start, line)
         self._changed = threading.Condition()
         self._reader = threading.Thread(target=self._read_console, daemon=True)
@@ -126,9 +126,8 @@ class QemuGuest:
             return [line for _, line in self.lines]
 
     def describe(self) -> str:
-        stderr = ""
-        if self.proc.poll() is not None and self.proc.stderr is not None:
-            stderr = self.proc.stderr.read().decode(errors="replace")
+        self._stderr.seek(0)
+        stderr = self._stderr.read().decode(errors="replace")
         return f"argv: {' '.join(self.argv)}\nconsole:\n" + "\n".join(self.text()) + f"\nstderr:\n{stderr}"
 
     def wait_line(self, predicate: Callable[[str], bool], timeout: float = BOOT_TIMEOUT) -> tuple[float, str]:
@@ -168,9 +167,9 @@ class QemuGuest:
             os.kill(self.proc.pid, signal.SIGKILL)
         self.proc.wait(10)
         self._reader.join(5)
-        for stream in (self.proc.stdout, self.proc.stderr):
-            if stream is not None:
-                stream.close()
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
+        self._stderr.close()
 
 
 Boot = Callable[..., QemuGuest]
