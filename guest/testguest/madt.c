@@ -43,7 +43,8 @@ static const struct sdt_header *valid_table(u64 paddr, const char *signature)
 
 static const struct sdt_header *find_madt(const struct rsdp *rsdp)
 {
-	bool use_xsdt = rsdp->revision >= 2 && rsdp->xsdt_paddr && checksum_ok(rsdp, rsdp->length);
+	bool use_xsdt = rsdp->revision >= 2 && rsdp->xsdt_paddr && rsdp->length >= sizeof(*rsdp) &&
+			rsdp->length <= 4096 && checksum_ok(rsdp, rsdp->length);
 	const struct sdt_header *root = use_xsdt ? valid_table(rsdp->xsdt_paddr, "XSDT")
 						 : valid_table(rsdp->rsdt_paddr, "RSDT");
 	if (!root)

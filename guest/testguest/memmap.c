@@ -8,8 +8,8 @@ static u32 entry_count;
 
 bool memmap_load(const struct hvm_start_info *info)
 {
-	if (info->version < 1 || !info->memmap_paddr || !info->memmap_entries)
-		return false;
+	if (info->version < 1 || !info->memmap_paddr || !info->memmap_entries || info->memmap_paddr >= (1UL << 32))
+		return false; /* absent, or beyond the identity map */
 	const struct hvm_memmap_entry *src = (const struct hvm_memmap_entry *)info->memmap_paddr;
 	entry_count = info->memmap_entries < MAX_ENTRIES ? info->memmap_entries : MAX_ENTRIES;
 	memcpy(entries, src, entry_count * sizeof(entries[0]));

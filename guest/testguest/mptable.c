@@ -67,6 +67,8 @@ u32 mptable_cpus(u32 *apic_ids, u32 max)
 			entry += MP_OTHER_SIZE;
 			continue;
 		}
+		if (entry + MP_PROCESSOR_SIZE > end)
+			break; /* truncated table */
 		u8 apic_id = entry[1], flags = entry[3];
 		if ((flags & CPU_ENABLED) && n < max) {
 			if (flags & CPU_BOOTSTRAP) { /* keep the bootstrap CPU first */
