@@ -5,9 +5,10 @@ a unix socket accepts at most SCM_MAX_FD (253) fds per sendmsg, so fd i rides on
 chunks, 4048 fds), and the kernel hands each chunk to the receiver in a separate read. The receiver collects fds
 while it reads the header, then checks the count against the header's fd count.
 
-The socket is kept in blocking mode; a timeout is a poll() before each syscall, so calls without a timeout cost
-exactly one syscall per read or write. After any framing error the stream position is unknown, so the channel
-refuses further use.
+The socket stays in blocking mode. Without a timeout every read or write is one plain syscall; with one, the
+syscall is tried without blocking first and poll() waits only if it would block. Error texts ("while waiting for
+READY") are built only when an error happens. After any framing error the stream position is unknown, so the
+channel refuses further use.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from collections.abc import Sequence
 from collections.abc import Set as AbstractSet
 from types import TracebackType
 
-from hotswap.wire.errors import PeerClosed, ProtocolError, RemoteAbort, RemoteError, WireTimeout
+from hotswap.wire.errors import PeerClosed, ProtocolError, RemoteAbort, RemoteError, WireError, WireTimeout
 from hotswap.wire.messages import (
     HEADER_SIZE,
     ErrorCode,
@@ -40,6 +41,9 @@ DEFAULT_MAX_PAYLOAD = 64 * 1024 * 1024
 _INT_SIZE = array.array("i").itemsize
 _RECV_FLAGS = socket.MSG_CMSG_CLOEXEC  # received fds must not leak into anything this process execs
 _SEND_FLAGS = socket.MSG_NOSIGNAL  # a closed peer is an EPIPE error, never a SIGPIPE
+_ENDING = (MessageType.ERROR, MessageType.ABORT)
+
+Buffer = bytes | bytearray | memoryview
 
 
 class Channel:
@@ -94,39 +98,42 @@ class Channel:
     def send(
         self,
         msg_type: MessageType,
-        payload: bytes | bytearray | memoryview = b"",
+        payload: Buffer = b"",
         fds: Sequence[int] = (),
         *,
         flags: int = 0,
         timeout: float | None = None,
     ) -> None:
         """Send one message; `fds` are duplicated into the peer (the caller keeps and still owns its own)."""
-        self._check_usable()
-        what = f"sending {msg_type.name}"
-        payload_view = memoryview(payload).cast("B")
-        if len(payload_view) > self.max_payload:
-            raise ProtocolError(f"wire: {what}: payload of {len(payload_view)} bytes exceeds {self.max_payload}")
+        if self._broken is not None:
+            raise self._unusable()
+        length = payload.nbytes if isinstance(payload, memoryview) else len(payload)
+        if length > self.max_payload:
+            raise ProtocolError(f"wire: sending {msg_type.name}: payload of {length} bytes exceeds {self.max_payload}")
         if fds and not self._unix:
-            raise ProtocolError(f"wire: {what}: fds can only be sent over a unix socket")
+            raise ProtocolError(f"wire: sending {msg_type.name}: fds can only be sent over a unix socket")
         if len(fds) > self.max_fds:
-            raise ProtocolError(f"wire: {what}: {len(fds)} fds exceed the limit of {self.max_fds} per message")
-        header = encode_header(msg_type, flags, len(fds), len(payload_view))
+            raise ProtocolError(
+                f"wire: sending {msg_type.name}: {len(fds)} fds exceed the limit of {self.max_fds} per message"
+            )
+        header = encode_header(msg_type, flags, len(fds), length)
         deadline = None if timeout is None else time.monotonic() + timeout
-        chunk = self._fds_per_chunk
-        chunks = [fds[start : start + chunk] for start in range(0, len(fds), chunk)]
         self._bytes_sent = 0
         try:
+            if len(fds) <= self._fds_per_chunk:
+                self._send_buffers([header, payload], HEADER_SIZE + length, fds, deadline)
+                return
             # All but the last chunk ride alone on one header byte each; the last one goes with everything else.
+            chunk = self._fds_per_chunk
+            chunks = [fds[start : start + chunk] for start in range(0, len(fds), chunk)]
             for index, fd_chunk in enumerate(chunks[:-1]):
-                self._send_buffers([header[index : index + 1]], fd_chunk, deadline, what)
-            first = max(len(chunks) - 1, 0)
-            self._send_buffers([memoryview(header)[first:], payload_view], chunks[-1] if chunks else (), deadline, what)
-        except WireTimeout:
-            if self._bytes_sent:  # else nothing went out: the stream is intact
-                self._broken = f"a timeout while {what} left a partial message"
-            raise
-        except PeerClosed:
-            self._broken = "the peer closed the connection"
+                self._send_buffers([header[index : index + 1]], 1, fd_chunk, deadline)
+            rest = header[len(chunks) - 1 :]
+            self._send_buffers([rest, payload], len(rest) + length, chunks[-1], deadline)
+        except WireError as err:
+            if self._bytes_sent or not isinstance(err, WireTimeout):  # else nothing went out: the stream is intact
+                self._broken = f"{type(err).__name__} while sending {msg_type.name}"
+            err.args = (f"{err} while sending {msg_type.name}",)
             raise
 
     def send_error(self, code: ErrorCode, message: str, *, timeout: float | None = None) -> None:
@@ -135,31 +142,27 @@ class Channel:
     def send_abort(self, code: ErrorCode, reason: str, *, timeout: float | None = None) -> None:
         self.send(MessageType.ABORT, encode_error(code, reason), timeout=timeout)
 
-    def _send_buffers(
-        self, buffers: Sequence[bytes | memoryview], fds: Sequence[int], deadline: float | None, what: str
-    ) -> None:
-        """sendmsg until every byte of `buffers` is out; `fds` go with the first byte."""
-        views = [memoryview(b) for b in buffers if len(b)]
+    def _send_buffers(self, buffers: list[Buffer], total: int, fds: Sequence[int], deadline: float | None) -> None:
+        """sendmsg until all `total` bytes of `buffers` are out; `fds` go with the first byte."""
         ancdata = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))] if fds else []
-        while views:
-            flags = _SEND_FLAGS
-            if deadline is not None:
-                self._wait(select.POLLOUT, deadline, what)
-                flags |= socket.MSG_DONTWAIT
+        views: list[memoryview] | None = None
+        while True:
             try:
-                sent = self.sock.sendmsg(views, ancdata, flags)
+                if deadline is None:
+                    sent = self.sock.sendmsg(views or buffers, ancdata, _SEND_FLAGS)
+                else:
+                    sent = self.sock.sendmsg(views or buffers, ancdata, _SEND_FLAGS | socket.MSG_DONTWAIT)
             except BlockingIOError:
+                self._wait(select.POLLOUT, deadline, partial=self._bytes_sent > 0)
                 continue
             except (BrokenPipeError, ConnectionResetError) as err:
-                raise PeerClosed(f"wire: {self.peer} closed the connection while {what}") from err
-            ancdata = []
+                raise PeerClosed(f"wire: {self.peer} closed the connection") from err
             self._bytes_sent += sent
-            while sent:
-                if sent >= len(views[0]):
-                    sent -= len(views.pop(0))
-                else:
-                    views[0] = views[0][sent:]
-                    sent = 0
+            total -= sent
+            if not total:
+                return
+            ancdata = []  # the fds went with the first byte
+            views = _drop_front([memoryview(b).cast("B") for b in (views or buffers)], sent)
 
     # --- receiving ----------------------------------------------------------------------------------------------
 
@@ -169,38 +172,42 @@ class Channel:
         If `expect` is given, any other type is a ProtocolError. ERROR and ABORT raise RemoteError / RemoteAbort
         (with the peer's code and message) unless `expect` names them. fds of a rejected message are closed.
         """
-        self._check_usable()
-        what = _waiting_for(expect)
+        if self._broken is not None:
+            raise self._unusable()
         deadline = None if timeout is None else time.monotonic() + timeout
         fds: list[int] = []
         try:
-            header = self._recv_header(fds, deadline, what)
+            header = self._recv_header(fds, deadline)
             try:
                 msg_type, flags, nfds, length = decode_header(header)
             except ValueError as err:
-                raise ProtocolError(f"wire: {err} while {what}") from None
+                raise ProtocolError(f"wire: {err}") from None
             if nfds != len(fds):
-                raise ProtocolError(f"wire: {msg_type.name} announced {nfds} fds but {len(fds)} arrived (while {what})")
+                raise ProtocolError(f"wire: {msg_type.name} announced {nfds} fds but {len(fds)} arrived")
             if length > self.max_payload:
                 raise ProtocolError(
-                    f"wire: {msg_type.name} payload of {length} bytes exceeds the limit of {self.max_payload} "
-                    f"(while {what})"
+                    f"wire: {msg_type.name} payload of {length} bytes exceeds the limit of {self.max_payload}"
                 )
-            payload = self._recv_exact(length, deadline, f"{what} ({msg_type.name} payload)")
-        except BaseException as err:
+            payload = self._recv_payload(length, deadline, msg_type) if length else b""
+        except WireError as err:
             _close_all(fds)
             if not isinstance(err, WireTimeout) or err.partial:  # else nothing was read: the stream is intact
                 self._broken = f"{type(err).__name__}: {err}"
+            err.args = (f"{err} while {_waiting_for(expect)}",)
+            raise
+        except BaseException:
+            _close_all(fds)
+            self._broken = "interrupted in the middle of a message"
             raise
         message = Message(msg_type, flags, payload, tuple(fds))
         if expect is not None and msg_type in expect:
             return message
-        if msg_type in (MessageType.ERROR, MessageType.ABORT):
+        if msg_type in _ENDING:
             message.close_fds()
             raise self._remote_error(message)
         if expect is not None:
             message.close_fds()
-            raise ProtocolError(f"wire: got {msg_type.name} while {what}")
+            raise ProtocolError(f"wire: got {msg_type.name} while {_waiting_for(expect)}")
         return message
 
     def _remote_error(self, message: Message) -> RemoteError:
@@ -212,76 +219,87 @@ class Channel:
             return RemoteAbort(code, text, self.peer)
         return RemoteError(code, text, self.peer)
 
-    def _recv_header(self, fds: list[int], deadline: float | None, what: str) -> bytes:
+    def _recv_header(self, fds: list[int], deadline: float | None) -> bytes:
         """Read the 16 header bytes, collecting the fds that ride on them."""
-        header = bytearray()
+        header = b""
         while len(header) < HEADER_SIZE:
-            if deadline is not None:
-                self._wait(select.POLLIN, deadline, what, partial=bool(header))
+            flags = _RECV_FLAGS if deadline is None else _RECV_FLAGS | socket.MSG_DONTWAIT
             try:
                 if self._unix:
-                    data, ancdata, msg_flags, _ = self.sock.recvmsg(
-                        HEADER_SIZE - len(header), self._ancbufsize, _RECV_FLAGS
-                    )
-                    _collect_fds(ancdata, fds)
+                    data, ancdata, msg_flags, _ = self.sock.recvmsg(HEADER_SIZE - len(header), self._ancbufsize, flags)
+                    if ancdata:
+                        _collect_fds(ancdata, fds)
                     if msg_flags & socket.MSG_CTRUNC:
-                        raise ProtocolError(
-                            f"wire: fds truncated (more than {self._fds_per_chunk} in one chunk) while {what}"
-                        )
+                        raise ProtocolError(f"wire: fds truncated (more than {self._fds_per_chunk} in one chunk)")
                 else:
-                    data = self.sock.recv(HEADER_SIZE - len(header))
+                    data = self.sock.recv(HEADER_SIZE - len(header), flags)
+            except BlockingIOError:
+                self._wait(select.POLLIN, deadline, partial=bool(header))
+                continue
             except ConnectionResetError as err:
-                raise PeerClosed(f"wire: {self.peer} reset the connection while {what}") from err
+                raise PeerClosed(f"wire: {self.peer} reset the connection") from err
             if not data:
                 if header:
                     raise PeerClosed(
-                        f"wire: {self.peer} closed the connection mid-message ({len(header)} of {HEADER_SIZE} "
-                        f"header bytes) while {what}"
+                        f"wire: {self.peer} closed the connection mid-message "
+                        f"({len(header)} of {HEADER_SIZE} header bytes)"
                     )
-                raise PeerClosed(f"wire: {self.peer} closed the connection while {what}")
+                raise PeerClosed(f"wire: {self.peer} closed the connection")
             header += data
-        return bytes(header)
+        return header
 
-    def _recv_exact(self, length: int, deadline: float | None, what: str) -> bytes:
-        chunks: list[bytes] = [b""]
+    def _recv_payload(self, length: int, deadline: float | None, msg_type: MessageType) -> bytes:
+        chunks: list[bytes] = []
         remaining = length
+        flags = 0 if deadline is None else socket.MSG_DONTWAIT
         while remaining:
-            if deadline is not None:
-                self._wait(select.POLLIN, deadline, what, partial=True)
             try:
-                data = self.sock.recv(remaining)
+                data = self.sock.recv(remaining, flags)
+            except BlockingIOError:
+                self._wait(select.POLLIN, deadline, partial=True)
+                continue
             except ConnectionResetError as err:
-                raise PeerClosed(f"wire: {self.peer} reset the connection while {what}") from err
+                raise PeerClosed(f"wire: {self.peer} reset the connection") from err
             if not data:
                 raise PeerClosed(
-                    f"wire: {self.peer} closed the connection mid-message ({length - remaining} of {length} "
-                    f"payload bytes) while {what}"
+                    f"wire: {self.peer} closed the connection mid-message "
+                    f"({length - remaining} of {length} {msg_type.name} payload bytes)"
                 )
             chunks.append(data)
             remaining -= len(data)
-        return chunks[-1] if len(chunks) <= 2 else b"".join(chunks)  # chunks[0] is b"", for an empty payload
+        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
     # --- helpers ------------------------------------------------------------------------------------------------
 
-    def _wait(self, events: int, deadline: float, what: str, *, partial: bool = False) -> None:
-        """Wait until the socket is ready for `events` (or hung up: the next syscall then reports why)."""
+    def _wait(self, events: int, deadline: float | None, *, partial: bool) -> None:
+        """Wait until the socket is ready for `events` (or hung up: the next syscall then says why)."""
         if events != self._poll_events:
             self._poll.modify(self.sock.fileno(), events)
             self._poll_events = events
-        remaining_ms = max(deadline - time.monotonic(), 0.0) * 1000.0
+        remaining_ms = None if deadline is None else max(deadline - time.monotonic(), 0.0) * 1000.0
         if not self._poll.poll(remaining_ms):
             state = "in the middle of a message" if partial else "with nothing received"
-            raise WireTimeout(f"wire: timed out {state} while {what}", partial=partial)
+            raise WireTimeout(f"wire: timed out {state}", partial=partial)
 
-    def _check_usable(self) -> None:
-        if self._broken is not None:
-            raise ProtocolError(f"wire: channel to {self.peer} is unusable after an earlier error ({self._broken})")
+    def _unusable(self) -> ProtocolError:
+        return ProtocolError(f"wire: channel to {self.peer} is unusable after an earlier error ({self._broken})")
 
 
 def _waiting_for(expect: AbstractSet[MessageType] | None) -> str:
     if not expect:
         return "waiting for a message"
     return "waiting for " + " or ".join(sorted(t.name for t in expect))
+
+
+def _drop_front(views: list[memoryview], count: int) -> list[memoryview]:
+    """`views` without their first `count` bytes."""
+    while count:
+        if count >= len(views[0]):
+            count -= len(views.pop(0))
+        else:
+            views[0] = views[0][count:]
+            count = 0
+    return views
 
 
 def _collect_fds(ancdata: list[tuple[int, int, bytes]], fds: list[int]) -> None:

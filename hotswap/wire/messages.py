@@ -80,6 +80,9 @@ class Message:
             os.close(fd)
 
 
+_TYPES = {t.value: t for t in MessageType}  # a dict lookup is several times faster than MessageType(value)
+
+
 def encode_header(msg_type: MessageType, flags: int, nfds: int, length: int) -> bytes:
     head = HEADER.pack(MAGIC, msg_type, flags, nfds, length)
     return head + CRC.pack(zlib.crc32(head))
@@ -93,10 +96,9 @@ def decode_header(header: bytes) -> tuple[MessageType, int, int, int]:
     (stored,) = CRC.unpack_from(header, HEADER.size)
     if stored != zlib.crc32(header[: HEADER.size]):
         raise ValueError("header checksum mismatch (stream out of sync or corrupted)")
-    try:
-        msg_type = MessageType(raw_type)
-    except ValueError:
-        raise ValueError(f"unknown message type {raw_type:#06x}") from None
+    msg_type = _TYPES.get(raw_type)
+    if msg_type is None:
+        raise ValueError(f"unknown message type {raw_type:#06x}")
     if flags & ~KNOWN_FLAGS:
         raise ValueError(f"unknown flags {flags:#06x} on {msg_type.name}")
     return msg_type, flags, nfds, length
