@@ -14,9 +14,10 @@ Every value is a one-byte tag followed by its body (docs/protocol.md, "State cod
 Each value has exactly one encoding, so decode(encode(t)) == t and encode(decode(b)) == b. The decoder trusts
 nothing: every length is checked against the end of the input before it is used.
 
-Speed matters (this runs while the guest is paused, ~0.2 us per value), so encoder and decoder are each one loop
-over an explicit stack of open containers, with no call per value. Where an error sits (`vcpus[1].regs`) is worked
-out from that stack only once an error happens, so the happy path pays nothing for it.
+Speed matters (this runs while the guest is paused), so encoder and decoder are each one loop over an explicit
+stack of open containers, with no call per value, and lists of [index, value] pairs (MSRs) are handled whole with a
+few C-level calls. Where an error sits (`vcpus[1].regs`) is worked out from that stack only once an error happens,
+so the happy path pays nothing for it.
 """
 
 from __future__ import annotations
@@ -48,7 +49,9 @@ _NEG_U64_START = -(1 << 64)
 
 _TAG_U64 = struct.Struct("<BQ")
 _TAG_U32 = struct.Struct("<BI")
+
 _u32_from = struct.Struct("<I").unpack_from
+_tag_u32_from = _TAG_U32.unpack_from
 _u64_from = struct.Struct("<Q").unpack_from
 
 _NONE_BYTES = bytes([TAG_NONE])
@@ -60,9 +63,9 @@ _TRUE_BYTES = bytes([TAG_TRUE])
 _KEY_CACHE: dict[str, bytes] = {}
 _KEY_CACHE_LIMIT = 4096
 
-# Short lists of non-negative ints (MSR [index, value] pairs, queue addresses) are the most common containers. Their
-# items sit at a fixed 9-byte stride, so the decoder checks all tags with one slice and reads all values with one
-# struct call. Same bytes on the wire; only the decoder takes the shortcut.
+# The items of a short list of non-negative ints sit at a fixed 9-byte stride, so the decoder checks all their tags
+# with one slice and reads all values with one struct call. Same bytes on the wire; only the decoder takes the
+# shortcut.
 _PACKED_MAX = 16
 _PACKED_TAGS = [bytes([TAG_UINT]) * n for n in range(_PACKED_MAX + 1)]
 _PACKED_VALUES = [struct.Struct("<" + "xQ" * n).unpack_from for n in range(_PACKED_MAX + 1)]
@@ -93,6 +96,58 @@ def _child_component(container: Any, child: Any) -> str | int:
     """The key or index under which `child` (compared by identity) sits in `container`."""
     pairs = container.items() if isinstance(container, dict) else enumerate(container)
     return next((key for key, value in pairs if value is child), "?")
+
+
+# --- lists of [index, value] pairs ------------------------------------------------------------------------------
+# A vCPU's MSRs are a list of [index, value] pairs, the most common container in a tree. When every item is a pair
+# of UINTs the items have a fixed 23-byte stride, so both directions handle the whole list with a few C-level calls
+# instead of a loop round per value. Same bytes on the wire as the general path, which stays the reference.
+
+_PAIR_LIST_MIN = 4  # shorter lists are not worth the set-up
+_PAIR_LIST_MAX = 1024  # longer ones take the general path
+_PAIR_STRUCT_CACHE_LIMIT = 64  # an MSR list has one length per host; this only bounds odd callers
+_PAIR_SIZE = 23  # LIST u32(2) UINT u64 UINT u64
+_PAIR_HEAD = struct.pack("<BIB", TAG_LIST, 2, TAG_UINT)
+_PAIR_FIXED_BYTES = (*((offset, _PAIR_HEAD[offset : offset + 1]) for offset in range(6)), (14, bytes([TAG_UINT])))
+_pair_list_structs: dict[int, struct.Struct] = {}
+
+
+def _pair_list_struct(count: int) -> struct.Struct:
+    layout = _pair_list_structs.get(count)
+    if layout is None:
+        if len(_pair_list_structs) >= _PAIR_STRUCT_CACHE_LIMIT:
+            _pair_list_structs.clear()
+        layout = _pair_list_structs[count] = struct.Struct("<" + "BIBQBQ" * count)
+    return layout
+
+
+def _encoded_pair_list(items: list[Any]) -> bytes | None:
+    """The items of `items` encoded, if they are all [int, int] pairs of u64 values; else None."""
+    if len(items) > _PAIR_LIST_MAX or set(map(type, items)) != {list} or set(map(len, items)) != {2}:
+        return None
+    values = list(itertools.chain.from_iterable(items))
+    if set(map(type, values)) != {int}:
+        return None  # a bool, say: the general path encodes it
+    fields: list[int] = [TAG_LIST, 2, TAG_UINT, 0, TAG_UINT, 0] * len(items)
+    fields[3::6] = values[0::2]
+    fields[5::6] = values[1::2]
+    try:
+        return _pair_list_struct(len(items)).pack(*fields)
+    except struct.error:  # a negative or big int (struct range-checks each u64): the general path encodes it
+        return None
+
+
+def _is_pair_list(buf: bytes, pos: int, count: int) -> bool:
+    """Whether the `count` items at `pos` are all [UINT, UINT] pairs: one strided slice per fixed byte."""
+    stop = pos + _PAIR_SIZE * count
+    if count > _PAIR_LIST_MAX or stop > len(buf):
+        return False
+    return all(buf[pos + offset : stop : _PAIR_SIZE] == byte * count for offset, byte in _PAIR_FIXED_BYTES)
+
+
+def _read_pair_list(buf: bytes, pos: int, count: int) -> list[StateValue]:
+    values = _pair_list_struct(count).unpack_from(buf, pos)
+    return [[first, second] for first, second in zip(values[3::6], values[5::6], strict=True)]
 
 
 # --- encoding -----------------------------------------------------------------------------------------------
@@ -140,6 +195,11 @@ def _encode_into(out: bytearray, root: Any, depth: int) -> None:
                     if depth + len(frames) >= MAX_DEPTH:
                         raise _Failure(f"containers nested deeper than {MAX_DEPTH}")
                     out += pack_u32(TAG_DICT if kind is dict else TAG_LIST, len(value))
+                    if kind is list and len(value) >= _PAIR_LIST_MIN and depth + len(frames) + 1 < MAX_DEPTH:
+                        pairs = _encoded_pair_list(value)
+                        if pairs is not None:
+                            out += pairs
+                            continue
                     if value:
                         frames.append((items, keyed, container))
                         container = value
@@ -162,14 +222,15 @@ def _encode_into(out: bytearray, root: Any, depth: int) -> None:
                 if not frames:
                     return
                 items, keyed, container = frames.pop()
-    except _Failure as failure:
+    except (_Failure, UnicodeEncodeError) as err:
+        failure = err if isinstance(err, _Failure) else _Failure(f"a string is not valid UTF-8 ({err.reason})")
         # chain[0] is the wrapper around `root`: it is not part of the path, and neither is the index in it.
         chain = [frame[2] for frame in frames] + [container]
         if frames and not failure.in_key:
             failure.path.append(key if keyed else _child_component(container, value))
         for parent, child in reversed(list(itertools.pairwise(chain[1:]))):
             failure.path.append(_child_component(parent, child))
-        raise
+        raise failure from None
 
 
 def _encoded_key(key: object) -> bytes:
@@ -242,9 +303,10 @@ def decode(data: bytes | bytearray | memoryview) -> StateValue:
             remaining -= 1
             start = pos
             if keyed:
-                if buf[pos] != TAG_STR:
-                    raise _Failure(f"dict key has tag {buf[pos]:#04x}, not STR", pos, in_key=True)
-                stop = pos + 5 + _u32_from(buf, pos + 1)[0]
+                key_tag, key_length = _tag_u32_from(buf, pos)
+                if key_tag != TAG_STR:
+                    raise _Failure(f"dict key has tag {key_tag:#04x}, not STR", pos, in_key=True)
+                stop = pos + 5 + key_length
                 if stop > end:
                     raise _Failure("dict key runs past the end", pos, in_key=True)
                 key = buf[pos + 5 : stop].decode()
@@ -271,6 +333,14 @@ def decode(data: bytes | bytearray | memoryview) -> StateValue:
                 if tag == TAG_LIST and count <= _PACKED_MAX and buf[pos : pos + 9 * count : 9] == packed_tags[count]:
                     value = list(packed_values[count](buf, pos))
                     pos += 9 * count
+                elif (
+                    tag == TAG_LIST
+                    and count >= _PAIR_LIST_MIN
+                    and len(frames) + 1 < MAX_DEPTH
+                    and _is_pair_list(buf, pos, count)
+                ):
+                    value = _read_pair_list(buf, pos, count)
+                    pos += _PAIR_SIZE * count
                 else:
                     value = {} if tag == TAG_DICT else []
                     if count:

@@ -100,6 +100,61 @@ def test_packed_int_lists_decode_like_any_other_list() -> None:
         assert decode(encode([*value, -1])) == [*value, -1]
 
 
+def general_list_encoding(items: list[Any]) -> bytes:
+    """A list's encoding built item by item (2-item lists are below the pair-list shortcut's minimum)."""
+    return bytes([TAG_LIST]) + u32(len(items)) + b"".join(encode(item) for item in items)
+
+
+@pytest.mark.parametrize(
+    "pairs",
+    [[[i, 2**64 - 1 - i] for i in range(count)] for count in (3, 4, 5, 50, 300)]
+    + [
+        [[1, 2], [3, 4], [5, 6], [7, -8]],  # a negative value
+        [[1, 2], [3, 4], [5, 6], [7, 2**64]],  # a big int
+        [[1, 2], [3, 4], [5, 6], [True, 8]],  # a bool is not an int here
+        [[1, 2], [3, 4], [5, 6], [7, 8, 9]],  # not a pair
+        [[1, 2], [3, 4], [5, 6], [7, None]],
+        [[1, 2], [3, 4], [5, 6], {"a": 1}],
+    ],
+    ids=lambda pairs: f"{len(pairs)}-items-ending-{pairs[-1]!r}"[:40],
+)
+def test_pair_lists_take_the_shortcut_with_the_same_bytes(pairs: list[Any]) -> None:
+    # MSR lists are encoded and decoded as a whole; the bytes and the result must be the general path's.
+    blob = encode(pairs)
+    assert blob == general_list_encoding(pairs)
+    assert decode(blob) == pairs
+    decoded: Any = decode(blob)
+    assert [type(item) for item in decoded] == [type(item) for item in pairs]
+
+
+def test_pair_list_decoding_notices_one_odd_item() -> None:
+    pairs: list[Any] = [[i, i] for i in range(10)]
+    blob = bytearray(encode(pairs))
+    # Make the 7th pair's second value a NEGINT: still valid, but no longer a plain pair list.
+    blob[5 + 6 * 23 + 14] = TAG_NEGINT
+    decoded: Any = decode(bytes(blob))
+    assert decoded[6] == [6, -7]
+    assert decoded[:6] == pairs[:6] and decoded[7:] == pairs[7:]
+
+
+def test_pair_lists_respect_the_depth_limit() -> None:
+    def wrapped(depth: int) -> list[Any]:
+        tree = nested_lists(depth)
+        inner = tree
+        while inner:
+            inner = inner[0]
+        inner.extend([[1, 2], [3, 4], [5, 6], [7, 8]])  # pairs: two more levels
+        return tree
+
+    deepest_allowed = wrapped(MAX_DEPTH - 1)
+    assert decode(encode(deepest_allowed)) == deepest_allowed
+    with pytest.raises(StateEncodeError, match="nested deeper"):
+        encode(wrapped(MAX_DEPTH))
+    header = bytes([TAG_LIST]) + u32(1)
+    too_deep = header * (MAX_DEPTH - 1) + general_list_encoding([[1, 2], [3, 4], [5, 6], [7, 8]])
+    rejects(too_deep, "nested deeper")
+
+
 def test_dict_order_is_preserved() -> None:
     tree = {"z": 1, "a": 2, "m": 3}
     assert list(decode(encode(tree))) == ["z", "a", "m"]  # type: ignore[arg-type]
@@ -151,6 +206,7 @@ def test_negative_ints_and_big_ints_use_their_own_tags() -> None:
         ({"a": (1, 2)}, "a", "unsupported type tuple"),
         ({"a": {1: 2}}, "a", "dict key 1 has type int, not str"),
         ({"s": {1, 2}}, "s", "unsupported type set"),
+        ({"name": ["ok", "bad \udc80"]}, "name[1]", "a string is not valid UTF-8 (surrogates not allowed)"),
     ],
 )
 def test_encoder_names_where_an_unsupported_value_sits(tree: object, where: str, what: str) -> None:
