@@ -47,7 +47,10 @@ Buffer = bytes | bytearray | memoryview
 
 
 class Channel:
-    """Send and receive framed messages on a connected stream socket, which the channel then owns."""
+    """Send and receive framed messages on a connected stream socket, which the channel then owns.
+
+    One thread may send while another receives; two threads must not both send (or both receive).
+    """
 
     def __init__(
         self,
@@ -73,9 +76,11 @@ class Channel:
         sock.settimeout(None)
         if sock.family in (socket.AF_INET, socket.AF_INET6):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # small messages go out at once
-        self._poll = select.poll()
-        self._poll.register(sock.fileno(), select.POLLIN)
-        self._poll_events = select.POLLIN
+        # One poll object per direction, so one thread may send while another receives.
+        self._readable = select.poll()
+        self._readable.register(sock.fileno(), select.POLLIN)
+        self._writable = select.poll()
+        self._writable.register(sock.fileno(), select.POLLOUT)
 
     # --- lifecycle ----------------------------------------------------------------------------------------------
 
@@ -153,7 +158,7 @@ class Channel:
                 else:
                     sent = self.sock.sendmsg(views or buffers, ancdata, _SEND_FLAGS | socket.MSG_DONTWAIT)
             except BlockingIOError:
-                self._wait(select.POLLOUT, deadline, partial=self._bytes_sent > 0)
+                self._wait(self._writable, deadline, partial=self._bytes_sent > 0)
                 continue
             except (BrokenPipeError, ConnectionResetError) as err:
                 raise PeerClosed(f"wire: {self.peer} closed the connection") from err
@@ -234,7 +239,7 @@ class Channel:
                 else:
                     data = self.sock.recv(HEADER_SIZE - len(header), flags)
             except BlockingIOError:
-                self._wait(select.POLLIN, deadline, partial=bool(header))
+                self._wait(self._readable, deadline, partial=bool(header))
                 continue
             except ConnectionResetError as err:
                 raise PeerClosed(f"wire: {self.peer} reset the connection") from err
@@ -256,7 +261,7 @@ class Channel:
             try:
                 data = self.sock.recv(remaining, flags)
             except BlockingIOError:
-                self._wait(select.POLLIN, deadline, partial=True)
+                self._wait(self._readable, deadline, partial=True)
                 continue
             except ConnectionResetError as err:
                 raise PeerClosed(f"wire: {self.peer} reset the connection") from err
@@ -271,13 +276,10 @@ class Channel:
 
     # --- helpers ------------------------------------------------------------------------------------------------
 
-    def _wait(self, events: int, deadline: float | None, *, partial: bool) -> None:
-        """Wait until the socket is ready for `events` (or hung up: the next syscall then says why)."""
-        if events != self._poll_events:
-            self._poll.modify(self.sock.fileno(), events)
-            self._poll_events = events
+    def _wait(self, poller: select.poll, deadline: float | None, *, partial: bool) -> None:
+        """Wait until the socket is ready (or hung up: the next syscall then says why), at most until `deadline`."""
         remaining_ms = None if deadline is None else max(deadline - time.monotonic(), 0.0) * 1000.0
-        if not self._poll.poll(remaining_ms):
+        if not poller.poll(remaining_ms):
             state = "in the middle of a message" if partial else "with nothing received"
             raise WireTimeout(f"wire: timed out {state}", partial=partial)
 

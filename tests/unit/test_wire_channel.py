@@ -83,6 +83,20 @@ def test_large_payload_in_both_directions(pair: tuple[Channel, Channel]) -> None
     assert old.recv(1.0).payload == payload[:100]
 
 
+def test_one_thread_sends_while_another_receives_with_timeouts(pair: tuple[Channel, Channel]) -> None:
+    # Both directions at once, each larger than the socket buffers: needs independent send and receive waits.
+    old, new = pair
+    payloads = {old: os.urandom(2 * 1024 * 1024), new: os.urandom(2 * 1024 * 1024)}
+    senders = [threading.Thread(target=c.send, args=(T.STATE, payloads[c]), kwargs={"timeout": 10.0}) for c in pair]
+    for sender in senders:
+        sender.start()
+    received = {new: new.recv(10.0).payload, old: old.recv(10.0).payload}
+    for sender in senders:
+        sender.join()
+    assert received[new] == payloads[old]
+    assert received[old] == payloads[new]
+
+
 def test_fds_arrive_as_new_descriptors_of_the_same_files(pair: tuple[Channel, Channel]) -> None:
     old, new = pair
     read_end, write_end = os.pipe()
