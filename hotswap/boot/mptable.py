@@ -54,8 +54,10 @@ class MpTable:
 
 
 def isa_irq_to_pin(irq: int) -> int:
-    """IOAPIC pin an ISA IRQ is delivered to (PC convention: the PIT's IRQ0 on pin 2)."""
-    return 2 if irq == 0 else irq
+    """IOAPIC pin an ISA IRQ is delivered to: the same number. KVM's default GSI routing sends GSI n to IOAPIC
+    pin n (the in-kernel PIT raises GSI 0), so the table must say IRQ0 -> pin 0, as Firecracker's does; the PC
+    convention of pin 2 would need a KVM_SET_GSI_ROUTING override, as QEMU installs."""
+    return irq
 
 
 def _checksum(data: bytes) -> int:

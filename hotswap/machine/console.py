@@ -23,6 +23,10 @@ from hotswap.sockets import make_listener, peer_is_allowed
 
 HISTORY_BYTES = 64 * 1024
 READ_CHUNK = 4096
+# Guest output arrives a byte per vCPU exit. It is sent on at each newline, when this much has gathered, or after
+# FLUSH_DELAY (a prompt without a newline): one write per line, not one syscall and socket buffer per byte.
+FLUSH_BYTES = 512
+FLUSH_DELAY = 0.02
 
 
 @dataclass
@@ -44,6 +48,8 @@ class Console:
         self._log_fd: int | None = None
         self._history = bytearray()
         self._pending_input = bytearray()
+        self._out = bytearray()  # guest output not yet sent on
+        self._flush_scheduled = False
         self._input_sink: Callable[[bytes], int] | None = None
         self._stdin_open = use_stdio
         self.dropped_bytes = 0
@@ -114,7 +120,9 @@ class Console:
             )
 
     def history(self) -> bytes:
+        """Recent output, everything flushed first (a handover must not strand bytes in our buffer)."""
         with self._lock:
+            self._flush_locked()
             return bytes(self._history)
 
     def pending_input(self) -> bytes:
@@ -139,27 +147,45 @@ class Console:
 
     # -- output (vCPU threads) --------------------------------------------------------------------------------
     def write(self, data: bytes) -> None:
+        with self._lock:
+            out = self._out
+            out += data
+            if b"\n" in data or len(out) >= FLUSH_BYTES:
+                self._flush_locked()
+            elif not self._flush_scheduled:
+                self._flush_scheduled = True
+                self._loop.call_later(FLUSH_DELAY, self.flush)
+
+    def flush(self) -> None:
+        with self._lock:
+            self._flush_locked()
+
+    def _flush_locked(self) -> None:
+        self._flush_scheduled = False
+        if not self._out:
+            return
+        data = bytes(self._out)
+        self._out.clear()
         if self._use_stdio:
             try:
                 os.write(1, data)
             except OSError:
                 self._use_stdio = False  # stdout went away; the guest keeps running
-        with self._lock:
-            if self._log_fd is not None:
-                os.write(self._log_fd, data)
-            history = self._history
-            history += data
-            if len(history) > HISTORY_BYTES:
-                del history[: len(history) - HISTORY_BYTES]
-            for fd, client in list(self._clients.items()):
-                try:
-                    sent = client.send(data)
-                except BlockingIOError:
-                    sent = 0
-                except OSError:
-                    self._drop_client(fd)
-                    continue
-                self.dropped_bytes += len(data) - sent
+        if self._log_fd is not None:
+            os.write(self._log_fd, data)
+        history = self._history
+        history += data
+        if len(history) > HISTORY_BYTES:
+            del history[: len(history) - HISTORY_BYTES]
+        for fd, client in list(self._clients.items()):
+            try:
+                sent = client.send(data)
+            except BlockingIOError:
+                sent = 0
+            except OSError:
+                self._drop_client(fd)
+                continue
+            self.dropped_bytes += len(data) - sent
 
     # -- input (event loop thread) ----------------------------------------------------------------------------
     def feed_pending(self) -> None:

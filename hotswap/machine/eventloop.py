@@ -6,9 +6,12 @@ is served here. Other threads add and remove fds through `call_soon`, which wake
 
 from __future__ import annotations
 
+import heapq
+import itertools
 import os
 import selectors
 import threading
+import time
 from collections import deque
 from collections.abc import Callable
 
@@ -23,6 +26,8 @@ class EventLoop:
         self._wakeup = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
         self._selector.register(self._wakeup, selectors.EVENT_READ, None)
         self._pending: deque[Callable[[], None]] = deque()
+        self._timers: list[tuple[float, int, Callable[[], None]]] = []  # heap of (monotonic due time, seq, fn)
+        self._timer_seq = itertools.count()
         self._lock = threading.Lock()
         self._stop = False
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
@@ -37,6 +42,11 @@ class EventLoop:
         with self._lock:
             self._pending.append(fn)
         os.eventfd_write(self._wakeup, 1)
+
+    def call_later(self, delay: float, fn: Callable[[], None]) -> None:
+        """Run fn on the loop thread after `delay` seconds (thread-safe)."""
+        due = time.monotonic() + delay
+        self.call_soon(lambda: heapq.heappush(self._timers, (due, next(self._timer_seq), fn)))
 
     def add_reader(self, fd: int, handler: Handler) -> None:
         """Call handler(fd) on the loop thread whenever fd is readable. Call from the loop thread or via call_soon."""
@@ -83,7 +93,10 @@ class EventLoop:
 
     def _run(self) -> None:
         while not self._stop:
-            for key, _events in self._selector.select():
+            timeout = None
+            if self._timers:
+                timeout = max(0.0, self._timers[0][0] - time.monotonic())
+            for key, _events in self._selector.select(timeout):
                 if key.data is None:
                     self._drain_pending()
                     continue
@@ -92,6 +105,16 @@ class EventLoop:
                 except Exception as exc:  # one device's failure must not stop every other device's I/O
                     self._log.error("eventloop.handler_failed", fd=key.fd, error=str(exc))
                     self.remove_reader(key.fd)
+            self._run_due_timers()
+
+    def _run_due_timers(self) -> None:
+        now = time.monotonic()
+        while self._timers and self._timers[0][0] <= now:
+            _due, _seq, fn = heapq.heappop(self._timers)
+            try:
+                fn()
+            except Exception as exc:
+                self._log.error("eventloop.timer_failed", error=str(exc))
 
     def _drain_pending(self) -> None:
         try:

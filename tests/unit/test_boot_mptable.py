@@ -63,7 +63,7 @@ def test_bus_and_ioapic_entries() -> None:
 def test_interrupt_routing() -> None:
     _, _, entries = parse(build_mptable(MPTABLE_ADDR, 2).data)
     routes = {e[5]: e[7] for e in entries if e[0] == 3}  # source IRQ -> IOAPIC pin
-    assert routes[0] == 2  # the PIT on pin 2, PC convention
+    assert routes[0] == 0  # the PIT on pin 0, matching KVM's default GSI routing
     assert 2 not in routes  # the cascade has no entry
     assert all(routes[irq] == irq for irq in [1, *range(3, 24)])
     assert all(e[6] == 2 and e[1] == 0 for e in entries if e[0] == 3)  # to IOAPIC id 2, type INT
