@@ -1,8 +1,8 @@
 """The CONFIG message: the machine config plus where each fd in the message belongs.
 
-fds travel in this order: guest RAM memfds, console listener?, console log?, console clients, API listener,
-disk images, taps. The payload's "fds" map gives the counts, so the receiver can split the list and check that
-nothing is missing or extra."""
+fds travel in this order: guest RAM memfds, console listener?, console log?, console clients, API listener, then
+the virtio devices' host fds (disk images, taps) in slot order, skipping devices without one (rng). The payload's
+"fds" map gives the counts, so the receiver can split the list and check that nothing is missing or extra."""
 
 from __future__ import annotations
 
@@ -19,8 +19,7 @@ class HandoverFds:
     memory: list[int]
     console: ConsoleFds
     api_listener: int
-    disks: list[int] = field(default_factory=list)
-    taps: list[int] = field(default_factory=list)
+    virtio: list[int] = field(default_factory=list)
 
     def flat(self) -> list[int]:
         fds = list(self.memory)
@@ -30,7 +29,7 @@ class HandoverFds:
             fds.append(self.console.log_file)
         fds += self.console.clients
         fds.append(self.api_listener)
-        return fds + self.disks + self.taps
+        return fds + self.virtio
 
     def counts(self) -> dict[str, int]:
         return {
@@ -39,8 +38,7 @@ class HandoverFds:
             "console_log": int(self.console.log_file is not None),
             "console_clients": len(self.console.clients),
             "api_listener": 1,
-            "disks": len(self.disks),
-            "taps": len(self.taps),
+            "virtio": len(self.virtio),
         }
 
     @classmethod
@@ -67,10 +65,26 @@ class HandoverFds:
         console = ConsoleFds(
             listener=listener[0] if listener else None, log_file=log_file[0] if log_file else None, clients=clients
         )
-        return cls(memory, console, api[0], take(wanted["disks"]), take(wanted["taps"]))
+        return cls(memory, console, api[0], take(wanted["virtio"]))
 
     @staticmethod
     def example_counts() -> dict[str, int]:
         return dict.fromkeys(
-            ("memory", "console_listener", "console_log", "console_clients", "api_listener", "disks", "taps"), 0
+            ("memory", "console_listener", "console_log", "console_clients", "api_listener", "virtio"), 0
         )
+
+
+def virtio_fds_for(kinds: list[str], fds: list[int]) -> list[int | None]:
+    """Spread the received virtio host fds over the device slots (`kinds` in slot order; rng has no fd)."""
+    queue = list(fds)
+    placed: list[int | None] = []
+    for kind in kinds:
+        if kind == "rng":
+            placed.append(None)
+        elif queue:
+            placed.append(queue.pop(0))
+        else:
+            raise StateSchemaError(f"CONFIG carries too few virtio fds for devices {kinds}")
+    if queue:
+        raise StateSchemaError(f"CONFIG carries {len(queue)} virtio fds more than devices {kinds} need")
+    return placed

@@ -116,6 +116,7 @@ class _Session:
                 memory=machine.platform.memory.fds,
                 console=machine.console.fds(),
                 api_listener=self.vmm.api.listener_fd,
+                virtio=[fd for fd in machine.devices.host_fds() if fd is not None],
             )
             config = {
                 "config": machine.config.to_dict(),

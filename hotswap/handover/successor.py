@@ -18,8 +18,9 @@ from hotswap import exitcodes, log, registry, sdnotify
 from hotswap.config import MachineConfig
 from hotswap.errors import HotswapError
 from hotswap.handover.faults import fault_point
-from hotswap.handover.layout import HandoverFds
+from hotswap.handover.layout import HandoverFds, virtio_fds_for
 from hotswap.machine.machine import Machine
+from hotswap.machine.virtio import virtio_specs
 from hotswap.state import StateError, check_fields, decode, encode, get_field, unpack
 from hotswap.vmm import Vmm
 from hotswap.wire.channel import Channel
@@ -131,6 +132,7 @@ class _Successor:
             config,
             memory_fds=layout.memory,
             console_fds=layout.console,
+            virtio_fds=virtio_fds_for([spec.kind for spec in virtio_specs(config)], layout.virtio),
             generation=self.generation,
             booted_at_ns=get_field(message, "booted_at_ns", int),
         )

@@ -11,11 +11,20 @@ from devices.bus import Bus
 from devices.i8042 import I8042, I8042State
 from devices.serial import Serial, SerialState
 from hotswap.errors import HotswapError
-from hotswap.layout import COM1_GSI, COM1_PORT, COM1_PORT_SIZE, I8042_COMMAND_PORT, I8042_DATA_PORT, SERIAL_MMIO_ADDR
+from hotswap.layout import (
+    COM1_GSI,
+    COM1_PORT,
+    COM1_PORT_SIZE,
+    I8042_COMMAND_PORT,
+    I8042_DATA_PORT,
+    SERIAL_MMIO_ADDR,
+    VIRTIO_MMIO_SIZE,
+)
 from hotswap.machine.console import Console
 from hotswap.machine.eventloop import EventLoop
 from hotswap.machine.interrupts import IrqfdLine
 from hotswap.machine.locked import LockedDevice
+from hotswap.machine.virtio import KINDS, VirtioSlot, VirtioSpec, open_host_fd
 from kvm import GuestMemory, Vm
 
 SERIAL_REGISTERS = 8
@@ -29,7 +38,11 @@ class DeviceSet:
         loop: EventLoop,
         console: Console,
         on_reset: Callable[[], None],
+        virtio: list[VirtioSpec] | None = None,
+        virtio_fds: list[int | None] | None = None,
     ) -> None:
+        """`virtio_fds` (one per spec, None for fd-less devices) are inherited host fds; without them the
+        devices open their disks and taps themselves."""
         self.pio = Bus("pio")
         self.mmio = Bus("mmio")
         self._vm = vm
@@ -51,6 +64,26 @@ class DeviceSet:
         self.pio.insert(I8042_DATA_PORT, 1, self.i8042.data_port, "i8042-data")
         self.pio.insert(I8042_COMMAND_PORT, 1, self.i8042.command_port, "i8042-command")
 
+        self.virtio: list[VirtioSlot] = []
+        specs = virtio or []
+        try:
+            for position, spec in enumerate(specs):
+                fd = virtio_fds[position] if virtio_fds is not None else open_host_fd(spec)
+                slot = VirtioSlot(spec, vm, memory, loop, fd)
+                self.virtio.append(slot)
+                self.mmio.insert(spec.base, VIRTIO_MMIO_SIZE, slot, spec.name)
+        except BaseException:
+            self.close()
+            raise
+
+    def kernel_cmdline(self) -> str:
+        """What the guest kernel needs on its command line to find the virtio-mmio devices."""
+        return " ".join(slot.spec.cmdline() for slot in self.virtio)
+
+    def host_fds(self) -> list[int | None]:
+        """The virtio devices' host fds (disk images, taps) in slot order, for a handover."""
+        return [slot.host_fd for slot in self.virtio]
+
     def _line(self, gsi: int) -> IrqfdLine:
         line = IrqfdLine(self._vm, gsi)
         self._lines.append(line)
@@ -64,11 +97,22 @@ class DeviceSet:
     def quiesce(self) -> None:
         """Finish in-flight device work and stop starting new work (vCPUs are already paused)."""
         self._console.stop_serving()
+        if self.virtio:
+            self._loop.run_sync(self._quiesce_virtio)
+
+    def _quiesce_virtio(self) -> None:
+        for slot in self.virtio:
+            slot.quiesce()
 
     def resume(self) -> None:
         self._console.start()
+        for slot in self.virtio:
+            self._loop.call_soon(slot.resume)
 
     def close(self) -> None:
+        for slot in self.virtio:
+            slot.close()
+        self.virtio.clear()
         for line in self._lines:
             line.close()
         self._lines.clear()
@@ -78,6 +122,7 @@ class DeviceSet:
         with self._serial_lock:
             serial = self.serial.save().to_dict()
         return {
+            **{slot.spec.name: slot.save() for slot in self.virtio},
             "serial0": {"kind": "serial-16550", "state": serial},
             "i8042": {"kind": "i8042", "state": self.i8042.save().to_dict()},
             "console": {
@@ -87,7 +132,7 @@ class DeviceSet:
         }
 
     def restore(self, devices: dict[str, Any]) -> None:
-        expected = {"serial0", "i8042", "console"}
+        expected = {"serial0", "i8042", "console"} | {slot.spec.name for slot in self.virtio}
         if set(devices) != expected:
             unknown = sorted(set(devices) - expected)
             missing = sorted(expected - set(devices))
@@ -104,6 +149,8 @@ class DeviceSet:
         ):
             raise HotswapError("device console: expected bytes fields history and pending_input")
         self._console.restore_state(history, pending)
+        for slot in self.virtio:
+            slot.restore(_state_of(devices, slot.spec.name, KINDS[slot.spec.kind]))
 
 
 def _state_of(devices: dict[str, Any], name: str, kind: str) -> dict[str, Any]:

@@ -26,6 +26,7 @@ from hotswap.machine.exit_handler import Stop
 from hotswap.machine.platform import Platform, build_platform
 from hotswap.machine.state_tree import machine_info_from_tree, vcpu_state_from_tree, vm_state_from_tree
 from hotswap.machine.vcpu_thread import VcpuThread
+from hotswap.machine.virtio import virtio_specs
 from kvm import RegionSpec, vcpu_state, vm_state
 
 PAUSE_TIMEOUT = 5.0
@@ -55,6 +56,7 @@ class Machine:
         console: Console,
         generation: int,
         booted_at_ns: int,
+        virtio_fds: list[int | None] | None = None,
     ) -> None:
         self.config = config
         self.platform = platform
@@ -62,7 +64,15 @@ class Machine:
         self.generation = generation
         self.booted_at_ns = booted_at_ns
         self.loop = loop
-        self.devices = DeviceSet(platform.vm, platform.memory, self.loop, console, on_reset=self._on_guest_reset)
+        self.devices = DeviceSet(
+            platform.vm,
+            platform.memory,
+            self.loop,
+            console,
+            on_reset=self._on_guest_reset,
+            virtio=virtio_specs(config),
+            virtio_fds=virtio_fds,
+        )
         self.vcpu_threads = [
             VcpuThread(vcpu, self.devices.pio, self.devices.mmio, self._on_vcpu_stop) for vcpu in platform.vcpus
         ]
@@ -80,6 +90,7 @@ class Machine:
         *,
         memory_fds: list[int] | None = None,
         console_fds: ConsoleFds | None = None,
+        virtio_fds: list[int | None] | None = None,
         generation: int = 1,
         booted_at_ns: int | None = None,
     ) -> Machine:
@@ -96,7 +107,7 @@ class Machine:
                     console.listen(config.console_socket)
                 if config.console_log:
                     console.open_log(config.console_log)
-            return cls(config, platform, loop, console, generation, booted_at_ns or time.time_ns())
+            return cls(config, platform, loop, console, generation, booted_at_ns or time.time_ns(), virtio_fds)
         except BaseException:
             console.close()
             loop.stop()
@@ -110,7 +121,7 @@ class Machine:
             self.platform.memory,
             Path(self.config.kernel),
             Path(self.config.initrd) if self.config.initrd else None,
-            self.config.cmdline,
+            " ".join(filter(None, (self.config.cmdline, self.devices.kernel_cmdline()))),
             split_ram(self.config.mem_size),
             self.config.cpus,
             cpuid=self.platform.cpuid,
