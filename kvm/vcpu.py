@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import errno
 import os
+import struct
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING
 
@@ -59,6 +60,8 @@ class Vcpu:
         self._xsave = ffi.cast("struct kvm_xsave *", self._xsave_raw)
         self._msrs: CData = None
         self._msr_count = 0
+        self._msr_layout = struct.Struct("<")
+        self._msr_view: CData = None
 
     def close(self) -> None:
         if self.fd < 0:
@@ -190,38 +193,71 @@ class Vcpu:
     # -- MSRs -------------------------------------------------------------------------------------------------
     def set_msr_indices(self, indices: Sequence[int]) -> None:
         """Fix the list of MSRs get_msrs() reads, with a buffer allocated once."""
-        self._msr_count = len(indices)
-        self._msrs = ffi.new("struct kvm_msrs *", {"nmsrs": len(indices), "entries": len(indices)})
-        for i, index in enumerate(indices):
-            self._msrs.entries[i].index = index
+        count = len(indices)
+        self._msr_count = count
+        self._msrs = ffi.new("struct kvm_msrs *", {"nmsrs": count, "entries": count})
+        self._msrs.nmsrs = count
+        # struct kvm_msr_entry is {u32 index; u32 reserved; u64 data}: the whole array converts in one struct
+        # call instead of two cffi attribute accesses per MSR (~60 us saved per vCPU inside the pause window).
+        self._msr_layout = struct.Struct("<" + "IxxxxQ" * count)
+        self._msr_view = ffi.buffer(self._msrs.entries, 16 * count)
+        self._msr_layout.pack_into(self._msr_view, 0, *[v for index in indices for v in (index, 0)])
 
     def get_msrs(self) -> list[tuple[int, int]]:
         """Read the MSRs fixed by set_msr_indices(); all of them must be readable."""
-        msrs = self._msrs
-        msrs.nmsrs = self._msr_count
-        got = ioctl(self.fd, lib.KVM_GET_MSRS, msrs, "KVM_GET_MSRS")
+        self._msrs.nmsrs = self._msr_count
+        got = ioctl(self.fd, lib.KVM_GET_MSRS, self._msrs, "KVM_GET_MSRS")
         if got != self._msr_count:
-            bad = msrs.entries[got].index
+            bad = self._msrs.entries[got].index
             raise KvmError("KVM_GET_MSRS", errno.EINVAL, f"read {got} of {self._msr_count} MSRs, stopped at {bad:#x}")
-        entries = msrs.entries
-        return [(int(entries[i].index), int(entries[i].data)) for i in range(got)]
+        flat = self._msr_layout.unpack_from(self._msr_view)
+        return list(zip(flat[0::2], flat[1::2], strict=True))
+
+    def get_msrs_blob(self) -> bytes:
+        """The MSRs fixed by set_msr_indices() as the raw struct kvm_msr_entry array (u32 index, u32 reserved,
+        u64 data; little-endian, 16 bytes each): one copy, no per-MSR Python objects."""
+        self._msrs.nmsrs = self._msr_count
+        got = ioctl(self.fd, lib.KVM_GET_MSRS, self._msrs, "KVM_GET_MSRS")
+        if got != self._msr_count:
+            bad = self._msrs.entries[got].index
+            raise KvmError("KVM_GET_MSRS", errno.EINVAL, f"read {got} of {self._msr_count} MSRs, stopped at {bad:#x}")
+        blob: bytes = self._msr_view[:]
+        return blob
+
+    def set_msrs_blob(self, blob: bytes | memoryview) -> None:
+        """Write a raw struct kvm_msr_entry array (as get_msrs_blob returns), in its order; the count KVM accepted
+        is checked."""
+        if len(blob) % 16:
+            raise KvmError("KVM_SET_MSRS", errno.EINVAL, f"MSR blob of {len(blob)} bytes is not whole entries")
+        count = len(blob) // 16
+        if not count:
+            return
+        msrs = ffi.new("struct kvm_msrs *", {"nmsrs": count, "entries": count})
+        msrs.nmsrs = count
+        ffi.memmove(msrs.entries, blob, len(blob))
+        done = ioctl(self.fd, lib.KVM_SET_MSRS, msrs, "KVM_SET_MSRS")
+        if done != count:
+            index, data = struct.unpack_from("<IxxxxQ", blob, 16 * done)
+            raise KvmError(
+                "KVM_SET_MSRS", errno.EINVAL, f"KVM accepted {done} of {count} MSRs, refused {index:#x} = {data:#x}"
+            )
 
     def set_msrs(self, values: Sequence[tuple[int, int]]) -> None:
         """Write MSRs in the given order; KVM stops at the first it refuses, so the count is checked."""
-        if not values:
+        count = len(values)
+        if not count:
             return
-        msrs = ffi.new("struct kvm_msrs *", {"nmsrs": len(values), "entries": len(values)})
-        msrs.nmsrs = len(values)
-        for i, (index, data) in enumerate(values):
-            msrs.entries[i].index = index
-            msrs.entries[i].data = data
+        msrs = ffi.new("struct kvm_msrs *", {"nmsrs": count, "entries": count})
+        msrs.nmsrs = count
+        layout = self._msr_layout if count == self._msr_count else struct.Struct("<" + "IxxxxQ" * count)
+        layout.pack_into(ffi.buffer(msrs.entries, 16 * count), 0, *[v for pair in values for v in pair])
         done = ioctl(self.fd, lib.KVM_SET_MSRS, msrs, "KVM_SET_MSRS")
-        if done != len(values):
+        if done != count:
             bad, value = values[done]
             raise KvmError(
                 "KVM_SET_MSRS",
                 errno.EINVAL,
-                f"KVM accepted {done} of {len(values)} MSRs, refused {bad:#x} = {value:#x}",
+                f"KVM accepted {done} of {count} MSRs, refused {bad:#x} = {value:#x}",
             )
 
     def read_msr(self, index: int) -> int | None:

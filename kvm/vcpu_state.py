@@ -16,6 +16,7 @@ Restore into a fresh vCPU (CPUID already set at creation, before the pause):
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -46,7 +47,7 @@ class VcpuState:
     xcrs: bytes
     debugregs: bytes
     lapic: bytes
-    msrs: list[tuple[int, int]]
+    msrs: bytes  # raw struct kvm_msr_entry array: u32 index, u32 reserved, u64 data (little-endian)
     tsc_offset: int
     vcpu_events: bytes
 
@@ -74,7 +75,7 @@ class VcpuState:
             "xcrs": self.xcrs,
             "debugregs": self.debugregs,
             "lapic": self.lapic,
-            "msrs": [[index, value] for index, value in self.msrs],
+            "msrs": self.msrs,
             "tsc_offset": self.tsc_offset,
             "vcpu_events": self.vcpu_events,
         }
@@ -115,7 +116,7 @@ def capture(vcpu: Vcpu) -> VcpuState:
     xcrs = vcpu.get_xcrs_blob()
     debugregs = vcpu.get_debugregs_blob()
     lapic = vcpu.get_lapic_blob()
-    msrs = vcpu.get_msrs()
+    msrs = vcpu.get_msrs_blob()
     tsc_offset = vcpu.get_tsc_offset()
     events = vcpu.get_vcpu_events_blob()
     return VcpuState(vcpu.id, mp_state, regs, sregs, xsave, xcrs, debugregs, lapic, msrs, tsc_offset, events)
@@ -131,14 +132,19 @@ def restore(vcpu: Vcpu, state: VcpuState) -> None:
     vcpu.set_debugregs_blob(state.debugregs)
     vcpu.set_lapic_blob(state.lapic)
     vcpu.set_tsc_offset(state.tsc_offset)
-    deadline = 0
-    others: list[tuple[int, int]] = []
-    for index, value in state.msrs:
-        if index == MSR_IA32_TSC_DEADLINE:
-            deadline = value
-        else:
-            others.append((index, value))
-    vcpu.set_msrs(others)
+    others, deadline = split_tsc_deadline(state.msrs)
+    vcpu.set_msrs_blob(others)
     if deadline:
         vcpu.set_msrs([(MSR_IA32_TSC_DEADLINE, deadline)])
     vcpu.set_vcpu_events_blob(state.vcpu_events)
+
+
+def split_tsc_deadline(msrs: bytes) -> tuple[bytes, int]:
+    """(every MSR entry but TSC_DEADLINE, the TSC_DEADLINE value or 0)."""
+    indices = memoryview(msrs).cast("I")[0::4]  # the u32 index of each 16-byte entry
+    for position, index in enumerate(indices):
+        if index == MSR_IA32_TSC_DEADLINE:
+            start = 16 * position
+            (value,) = struct.unpack_from("<Q", msrs, start + 8)
+            return msrs[:start] + msrs[start + 16 :], int(value)
+    return msrs, 0

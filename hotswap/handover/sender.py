@@ -18,6 +18,7 @@ Any failure before COMMIT: kill the successor, wait for it to be gone, resume th
 
 from __future__ import annotations
 
+import gc
 import os
 import socket
 import subprocess
@@ -42,6 +43,7 @@ if TYPE_CHECKING:
 
 RESTORE_TIMEOUT = 5.0  # seconds the paused guest waits for the successor to restore its state
 RESUME_TIMEOUT = 5.0
+SPIN = 0.0  # busy-wait for replies inside the pause window: off, it starved the successor on a 2-core host
 
 
 def now_ns() -> int:
@@ -99,6 +101,7 @@ class _Session:
         self.process = process
         self.log = logger
         self.paused = False
+        self.console_stopped = False
         self.committed = False
 
     def remaining(self, deadline: float) -> float:
@@ -118,8 +121,10 @@ class _Session:
                 api_listener=self.vmm.api.listener_fd,
                 virtio=[fd for fd in machine.devices.host_fds() if fd is not None],
             )
+            console_mark = machine.console.mark()
             config = {
                 "config": machine.config.to_dict(),
+                "console_history": machine.console.history(),
                 "generation": generation + 1,
                 "booted_at_ns": machine.booted_at_ns,
                 "memory": [[spec.gpa, spec.size] for spec in machine.platform.memory.specs],
@@ -131,18 +136,25 @@ class _Session:
             ready_at = now_ns()
             fault_point("sender", generation, "after_ready")
 
+            # Not part of the pause: new API requests and console input wait in their sockets' queues for whoever
+            # owns them next; guest output keeps flowing.
+            self.vmm.api.stop_accepting()
+            machine.console.stop_serving()
+            self.console_stopped = True
+
             # ---- the pause window: only quiesce, capture, transfer, restore, resume ----
-            self.vmm.api.stop_accepting()  # requests now wait in the socket's backlog for whoever owns it next
+            gc.disable()  # a collection inside the window would add milliseconds for nothing
             pause_requested = now_ns()
             window = machine.pause()
             self.paused = True
             fault_point("sender", generation, "after_pause")
             machine.devices.quiesce()
-            blob = pack(machine.capture_state())
+            quiesced = now_ns()
+            blob = pack(machine.capture_state(console_since=console_mark))
             captured = now_ns()
             channel.send(MessageType.STATE, mangle_state(blob, generation))
             fault_point("sender", generation, "after_state")
-            channel.recv(RESTORE_TIMEOUT, {MessageType.RESTORED})
+            channel.recv(RESTORE_TIMEOUT, {MessageType.RESTORED}, spin=SPIN)
             fault_point("sender", generation, "after_restored")
             channel.send(MessageType.COMMIT)
             self.committed = True
@@ -162,8 +174,9 @@ class _Session:
                 f"the successor (pid {self.process.pid}) took the guest but did not confirm it runs: {exc}"
             ) from None
         self.vmm.mark_handed_over()
+        gc.enable()
         result = _result(
-            self, hello, started, hello_at, ready, ready_at, pause_requested, window, captured, blob, resumed
+            self, hello, started, hello_at, ready, ready_at, pause_requested, window, quiesced, captured, blob, resumed
         )
         self.log.info("upgrade.done", **{k: v for k, v in result.items() if not isinstance(v, dict)})
         return result
@@ -189,8 +202,11 @@ class _Session:
         except subprocess.TimeoutExpired:
             self.log.error("upgrade.successor_unkillable", pid=self.process.pid)
         if self.paused:
-            self.machine.devices.resume()
             self.machine.resume()
+            self.machine.devices.resume()
+        elif self.console_stopped:
+            self.machine.console.start()
+        gc.enable()
         self.vmm.api.start()
 
 
@@ -203,6 +219,7 @@ def _result(
     ready_at: int,
     pause_requested: int,
     window: Any,
+    quiesced: int,
     captured: int,
     blob: bytes,
     resumed: Any,
@@ -229,11 +246,13 @@ def _result(
             "successor_start": us(started, hello_at),
             "prepare": us(hello_at, ready_at),
             "pause": us(pause_requested, window.last_paused_ns),
-            "capture": us(window.last_paused_ns, captured),
+            "quiesce": us(window.last_paused_ns, quiesced),
+            "capture": us(quiesced, captured),
             "transfer": us(captured, state_received),
             "restore": us(state_received, restored),
             "commit": us(restored, committed),
             "resume": us(committed, resumed_at),
         },
         "successor_prepare_us": dict(ready) if isinstance(ready, dict) else {},
+        "restore_detail_us": dict(resumed.get("restore_detail_us", {})),
     }

@@ -49,6 +49,7 @@ class Console:
         self._history = bytearray()
         self._pending_input = bytearray()
         self._out = bytearray()  # guest output not yet sent on
+        self._written = 0  # bytes that ever went through the history (a position in the output stream)
         self._flush_scheduled = False
         self._input_sink: Callable[[bytes], int] | None = None
         self._stdin_open = use_stdio
@@ -125,6 +126,20 @@ class Console:
             self._flush_locked()
             return bytes(self._history)
 
+    def mark(self) -> int:
+        """A position in the output stream (everything buffered so far flushed first)."""
+        with self._lock:
+            self._flush_locked()
+            return self._written
+
+    def history_since(self, mark: int) -> bytes:
+        """Output after `mark`, as far as the history still holds it (a handover sends the bulk of the history
+        before the pause and only this tail inside it)."""
+        with self._lock:
+            self._flush_locked()
+            count = min(self._written - mark, len(self._history))
+            return bytes(self._history[len(self._history) - count :]) if count > 0 else b""
+
     def pending_input(self) -> bytes:
         return bytes(self._pending_input)
 
@@ -175,6 +190,7 @@ class Console:
             os.write(self._log_fd, data)
         history = self._history
         history += data
+        self._written += len(data)
         if len(history) > HISTORY_BYTES:
             del history[: len(history) - HISTORY_BYTES]
         for fd, client in list(self._clients.items()):

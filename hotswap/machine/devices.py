@@ -95,8 +95,8 @@ class DeviceSet:
 
     # -- lifecycle --------------------------------------------------------------------------------------------
     def quiesce(self) -> None:
-        """Finish in-flight device work and stop starting new work (vCPUs are already paused)."""
-        self._console.stop_serving()
+        """Finish in-flight device work and stop starting new work (vCPUs are already paused; the console has
+        stopped reading input before the pause)."""
         if self.virtio:
             self._loop.run_sync(self._quiesce_virtio)
 
@@ -118,7 +118,10 @@ class DeviceSet:
         self._lines.clear()
 
     # -- state ------------------------------------------------------------------------------------------------
-    def save(self) -> dict[str, Any]:
+    def save(self, console_since: int | None = None) -> dict[str, Any]:
+        """The devices' state. With `console_since` (a console mark), the console history holds only the output
+        after that mark: a handover sent the rest before the pause."""
+        history = self._console.history() if console_since is None else self._console.history_since(console_since)
         with self._serial_lock:
             serial = self.serial.save().to_dict()
         return {
@@ -127,11 +130,12 @@ class DeviceSet:
             "i8042": {"kind": "i8042", "state": self.i8042.save().to_dict()},
             "console": {
                 "kind": "console",
-                "state": {"history": self._console.history(), "pending_input": self._console.pending_input()},
+                "state": {"history": history, "pending_input": self._console.pending_input()},
             },
         }
 
-    def restore(self, devices: dict[str, Any]) -> None:
+    def restore(self, devices: dict[str, Any], console_prefix: bytes = b"") -> None:
+        """Restore saved device states; `console_prefix` is history that arrived before the state (a handover)."""
         expected = {"serial0", "i8042", "console"} | {slot.spec.name for slot in self.virtio}
         if set(devices) != expected:
             unknown = sorted(set(devices) - expected)
@@ -148,7 +152,7 @@ class DeviceSet:
             or not isinstance(pending, bytes)
         ):
             raise HotswapError("device console: expected bytes fields history and pending_input")
-        self._console.restore_state(history, pending)
+        self._console.restore_state(console_prefix + history, pending)
         for slot in self.virtio:
             slot.restore(_state_of(devices, slot.spec.name, KINDS[slot.spec.kind]))
 

@@ -7,6 +7,9 @@ boot a kernel or, in a successor VMM, to take over a paused guest's state.
 from __future__ import annotations
 
 import enum
+import functools
+import os
+import select
 import threading
 import time
 from dataclasses import dataclass
@@ -24,9 +27,11 @@ from hotswap.machine.devices import DeviceSet
 from hotswap.machine.eventloop import EventLoop
 from hotswap.machine.exit_handler import Stop
 from hotswap.machine.platform import Platform, build_platform
+from hotswap.machine.signal_fd import Gate
 from hotswap.machine.state_tree import machine_info_from_tree, vcpu_state_from_tree, vm_state_from_tree
 from hotswap.machine.vcpu_thread import VcpuThread
 from hotswap.machine.virtio import virtio_specs
+from hotswap.state import get_field, pack, unpack
 from kvm import RegionSpec, vcpu_state, vm_state
 
 PAUSE_TIMEOUT = 5.0
@@ -73,8 +78,18 @@ class Machine:
             virtio=virtio_specs(config),
             virtio_fds=virtio_fds,
         )
+        self._gate = Gate()
+        self._running = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK | os.EFD_SEMAPHORE)
         self.vcpu_threads = [
-            VcpuThread(vcpu, self.devices.pio, self.devices.mmio, self._on_vcpu_stop) for vcpu in platform.vcpus
+            VcpuThread(
+                vcpu,
+                self.devices.pio,
+                self.devices.mmio,
+                self._on_vcpu_stop,
+                self._gate,
+                functools.partial(os.eventfd_write, self._running, 1),
+            )
+            for vcpu in platform.vcpus
         ]
         self.state = RunState.CREATED
         self.stop_reason: Stop | None = None
@@ -127,6 +142,7 @@ class Machine:
             cpuid=self.platform.cpuid,
         )
         apply_boot_plan(self.platform.vcpus[0], plan)
+        self.warm_up()
         self._start_io()
         for thread in self.vcpu_threads:
             thread.start()
@@ -135,6 +151,7 @@ class Machine:
 
     def start_paused(self) -> None:
         """Start the vCPU threads parked (a successor, before its state arrives)."""
+        self._gate.close()
         for thread in self.vcpu_threads:
             thread.start(paused=True)
         self.state = RunState.PAUSED
@@ -147,6 +164,7 @@ class Machine:
     def pause(self) -> PauseWindow:
         """Stop every vCPU (all kicked at once, then waited for)."""
         with self._control:
+            self._gate.close()
             for thread in self.vcpu_threads:
                 thread.request_pause()
             for thread in self.vcpu_threads:
@@ -158,14 +176,28 @@ class Machine:
             return PauseWindow(min(stamps), max(stamps))
 
     def resume(self) -> int:
-        """Let every vCPU run again; returns CLOCK_MONOTONIC ns just after the last one was released."""
+        """Let every vCPU run again; returns CLOCK_MONOTONIC ns when the last one was back on its way into
+        KVM_RUN (waited for, so a downtime measured to here is not cut short by threads still waking up)."""
         with self._control:
+            _drain(self._running)
             for thread in self.vcpu_threads:
-                thread.resume()
-            released = time.clock_gettime_ns(time.CLOCK_MONOTONIC)
+                thread.prepare_resume()
+            self._gate.open()  # one write releases every vCPU
+            pending = len(self.vcpu_threads)
+            poller = select.poll()
+            poller.register(self._running, select.POLLIN)
+            deadline = time.monotonic() + PAUSE_TIMEOUT
+            while pending and time.monotonic() < deadline:
+                if poller.poll(100):
+                    while pending:
+                        try:
+                            os.eventfd_read(self._running)
+                        except BlockingIOError:
+                            break
+                        pending -= 1
             if self.state is RunState.PAUSED:
                 self.state = RunState.RUNNING
-            return released
+            return max(thread.resumed_at_ns for thread in self.vcpu_threads)
 
     def request_stop(self, reason: Stop) -> None:
         if self.stop_reason is None:
@@ -179,8 +211,11 @@ class Machine:
     def shutdown(self) -> None:
         """Stop the vCPU and I/O threads and release every resource."""
         with self._control:
+            self._stop_threads(5.0)
             for thread in self.vcpu_threads:
-                thread.stop()
+                thread.close()
+            os.close(self._running)
+            self._gate.release()
             self.loop.stop()
             self.devices.close()
             self.platform.close()
@@ -189,10 +224,16 @@ class Machine:
     def abandon(self) -> None:
         """After a handover committed: stop our threads without touching the guest (its new VMM runs it)."""
         with self._control:
-            for thread in self.vcpu_threads:
-                thread.stop(timeout=1.0)
+            self._stop_threads(1.0)
             self.loop.stop()
             self.state = RunState.STOPPED
+
+    def _stop_threads(self, timeout: float) -> None:
+        for thread in self.vcpu_threads:
+            thread.request_quit()
+        self._gate.open()
+        for thread in self.vcpu_threads:
+            thread.join(timeout)
 
     def _on_vcpu_stop(self, index: int, reason: Stop) -> None:
         self._log.info("machine.vcpu_stopped", vcpu=index, kind=reason.kind, detail=reason.detail)
@@ -202,8 +243,21 @@ class Machine:
         self.request_stop(Stop("reset", "guest requested a reset through the i8042 controller"))
 
     # -- state ------------------------------------------------------------------------------------------------
-    def capture_state(self) -> dict[str, Any]:
-        """The state tree of the paused guest (DESIGN.md "State")."""
+    def warm_up(self) -> None:
+        """Run the capture, encode, decode and restore paths once on vCPUs that have not run yet (restoring their
+        own state: a no-op for the guest), so their first real use inside a pause window is not a cold one
+        (first calls parse cffi types, fill caches and allocate buffers)."""
+        tree = unpack(pack(self.capture_state())).tree
+        vcpus = get_field(tree, "vcpus", list)
+        parsed = [vcpu_state_from_tree(saved, index) for index, saved in enumerate(vcpus)]
+        vm = vm_state_from_tree(tree["vm"])
+        for thread, own in zip(self.vcpu_threads, parsed, strict=True):
+            vcpu_state.restore(thread.vcpu, own)
+        vm_state.restore(self.platform.vm, vm)
+        self.devices.restore(get_field(tree, "devices", dict), self.console.history())
+
+    def capture_state(self, console_since: int | None = None) -> dict[str, Any]:
+        """The state tree of the paused guest (DESIGN.md "State"); `console_since`: see DeviceSet.save."""
         vcpus = [vcpu_state.capture(t.vcpu).to_dict() for t in self.vcpu_threads]
         vm = vm_state.capture(self.platform.vm).to_dict()
         return {
@@ -214,13 +268,15 @@ class Machine:
             },
             "vm": vm,
             "vcpus": vcpus,
-            "devices": self.devices.save(),
+            "devices": self.devices.save(console_since),
         }
 
-    def restore_state(self, tree: dict[str, Any]) -> None:
+    def restore_state(self, tree: dict[str, Any], console_prefix: bytes = b"") -> dict[str, int]:
         """Load a captured state into this (not yet running) machine: vCPUs, then the VM, then devices.
 
-        Everything is parsed and checked before the first ioctl, so a malformed tree changes nothing."""
+        Everything is parsed and checked before the first ioctl, so a malformed tree changes nothing.
+        Returns how long each part took (us), for the upgrade report."""
+        started = time.perf_counter_ns()
         config, _generation, _booted = machine_info_from_tree(tree["machine"])
         if config != self.config.to_dict():
             raise HotswapError("the state belongs to a machine with another configuration")
@@ -229,9 +285,27 @@ class Machine:
             raise HotswapError(f"state has {len(saved_vcpus)} vCPUs, this machine {len(self.vcpu_threads)}")
         vcpus = [vcpu_state_from_tree(saved, index) for index, saved in enumerate(saved_vcpus)]
         vm = vm_state_from_tree(tree["vm"])
+        parsed = time.perf_counter_ns()
         for thread, saved in zip(self.vcpu_threads, vcpus, strict=True):
             vcpu_state.restore(thread.vcpu, saved)
+        vcpus_done = time.perf_counter_ns()
         vm_state.restore(self.platform.vm, vm)
-        self.devices.restore(tree["devices"])
+        vm_done = time.perf_counter_ns()
+        self.devices.restore(tree["devices"], console_prefix)
         for thread in self.vcpu_threads:
             thread.vcpu.kvmclock_ctrl()
+        done = time.perf_counter_ns()
+        return {
+            "parse_us": (parsed - started) // 1000,
+            "vcpus_us": (vcpus_done - parsed) // 1000,
+            "vm_us": (vm_done - vcpus_done) // 1000,
+            "devices_us": (done - vm_done) // 1000,
+        }
+
+
+def _drain(fd: int) -> None:
+    try:
+        while True:
+            os.eventfd_read(fd)
+    except BlockingIOError:
+        pass

@@ -22,15 +22,9 @@ def vcpu_state_from_tree(data: object, index: int) -> VcpuState:
     fields = check_fields(data, frozenset(VcpuState.FIELDS), path=path)
     values: dict[str, Any] = {name: get_field(fields, name, bytes, path) for name in VCPU_BLOBS}
     values.update({name: get_field(fields, name, int, path) for name in VCPU_INTS})
-    msrs = []
-    for position, entry in enumerate(get_field(fields, "msrs", list, path)):
-        if (
-            not isinstance(entry, list)
-            or len(entry) != 2
-            or not all(isinstance(v, int) and not isinstance(v, bool) for v in entry)
-        ):
-            raise StateSchemaError(f"'{path}.msrs[{position}]' must be [index, value]")
-        msrs.append((entry[0], entry[1]))
+    msrs = get_field(fields, "msrs", bytes, path)
+    if len(msrs) % 16:
+        raise StateSchemaError(f"'{path}.msrs' is {len(msrs)} bytes, not a whole number of 16-byte MSR entries")
     values["msrs"] = msrs
     if values["id"] != index:
         raise StateSchemaError(f"'{path}.id' is {values['id']}, expected {index}")

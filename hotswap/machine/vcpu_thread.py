@@ -2,8 +2,9 @@
 
 Pausing: set kvm_run.immediate_exit and send the thread a signal. A vCPU inside KVM_RUN returns EINTR; one about to
 enter returns at once because of immediate_exit. Either way KVM first completes a pending port-I/O or MMIO read, so
-the state read while paused is consistent (the KVM API documents this for immediate_exit). The thread then waits;
-its vCPU is touched by other threads only while `paused` is set.
+the state read while paused is consistent (the KVM API documents this for immediate_exit). The thread then waits at
+the machine's gate; its vCPU is touched by other threads only while it is parked there. Resuming opens the gate:
+one eventfd write releases every vCPU at once.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import time
 from collections.abc import Callable
 
 from hotswap.machine.exit_handler import ExitBus, Stop, handle_exit
+from hotswap.machine.signal_fd import Gate, SignalFd
 from kvm import KvmError, Vcpu
 from kvm._ffi import lib
 
@@ -31,19 +33,35 @@ def install_kick_handler() -> None:
         _kick_handler_installed = True
 
 
-class VcpuThread:
-    """Runs one vCPU. `on_stop(index, Stop)` is called (from this thread) when the guest must stop."""
+def now_ns() -> int:
+    return time.clock_gettime_ns(time.CLOCK_MONOTONIC)
 
-    def __init__(self, vcpu: Vcpu, pio: ExitBus, mmio: ExitBus, on_stop: Callable[[int, Stop], None]) -> None:
+
+class VcpuThread:
+    """Runs one vCPU. `on_stop(index, Stop)` is called (from this thread) when the guest must stop.
+
+    `gate` is shared by all vCPUs of a machine and owned by the machine, which closes it before asking vCPUs to
+    pause and opens it to resume them; `running` (a semaphore eventfd) gets one count per vCPU as it resumes."""
+
+    def __init__(
+        self,
+        vcpu: Vcpu,
+        pio: ExitBus,
+        mmio: ExitBus,
+        on_stop: Callable[[int, Stop], None],
+        gate: Gate,
+        on_running: Callable[[], None],
+    ) -> None:
         install_kick_handler()
         self.vcpu = vcpu
         self._pio = pio
         self._mmio = mmio
         self._on_stop = on_stop
+        self._gate = gate
+        self._on_running = on_running
         self._pause_requested = False
         self._quit = False
-        self._paused = threading.Event()
-        self._resume = threading.Event()
+        self._paused = SignalFd()
         self._thread = threading.Thread(target=self._loop, name=f"vcpu{vcpu.id}", daemon=True)
         self._ident: int | None = None
         self.paused_at_ns = 0
@@ -54,16 +72,15 @@ class VcpuThread:
         return self.vcpu.id
 
     def start(self, paused: bool = False) -> None:
-        """Start the thread; with paused=True it waits for resume() before the first KVM_RUN."""
+        """Start the thread; with paused=True it parks at the gate before its first KVM_RUN."""
         if paused:
             self._pause_requested = True
             self.vcpu.immediate_exit = True
         self._thread.start()
 
-    # -- pause / resume (called from other threads) -----------------------------------------------------------
+    # -- pause / resume (called from the controlling thread, with the gate closed) ----------------------------
     def request_pause(self) -> None:
         """Ask the vCPU to stop; wait_paused() waits for it. Split so several vCPUs stop in parallel."""
-        self._resume.clear()
         self._pause_requested = True
         self.vcpu.immediate_exit = True
         ident = self._ident
@@ -76,27 +93,20 @@ class VcpuThread:
     def wait_paused(self, timeout: float | None = None) -> bool:
         return self._paused.wait(timeout)
 
-    def pause(self, timeout: float | None = None) -> bool:
-        self.request_pause()
-        return self.wait_paused(timeout)
-
     @property
     def is_paused(self) -> bool:
         return self._paused.is_set()
 
-    def resume(self) -> None:
+    def prepare_resume(self) -> None:
+        """Let the vCPU run once the gate opens."""
         self._pause_requested = False
         self.vcpu.immediate_exit = False
         self._paused.clear()
-        self._resume.set()
 
-    def stop(self, timeout: float = 5.0) -> None:
-        """End the thread for good (the machine is shutting down or was handed over)."""
+    def request_quit(self) -> None:
+        """End the thread for good (shutdown, or handed over); the caller then opens the gate and joins."""
         self._quit = True
         self.request_pause()
-        self._resume.set()
-        if self._thread.is_alive() and threading.current_thread() is not self._thread:
-            self._thread.join(timeout)
 
     # -- the loop ---------------------------------------------------------------------------------------------
     def _loop(self) -> None:
@@ -132,16 +142,23 @@ class VcpuThread:
         return f" at RIP {regs.rip:#x} (CS {sregs.cs.selector:#x}, CPL {sregs.cs.dpl}, CR0 {sregs.cr0:#x})"
 
     def _park(self) -> None:
-        self.paused_at_ns = time.clock_gettime_ns(time.CLOCK_MONOTONIC)
+        self.paused_at_ns = now_ns()
         self._paused.set()
-        self._resume.wait()
-        self.resumed_at_ns = time.clock_gettime_ns(time.CLOCK_MONOTONIC)
+        while self._pause_requested and not self._quit:
+            self._gate.wait()
+        self.resumed_at_ns = now_ns()
+        if not self._quit:
+            self._on_running()
 
     def _park_until_quit(self) -> None:
         self._paused.set()
         while not self._quit:
-            self._resume.wait(1.0)
-            self._resume.clear()
+            self._gate.wait(1.0)
+            time.sleep(0.05)
+
+    def close(self) -> None:
+        """Release the wake-up fd (after the thread ended)."""
+        self._paused.close()
 
     def join(self, timeout: float | None = None) -> None:
         if self._thread.is_alive():

@@ -71,6 +71,7 @@ class Channel:
         self._fds_per_chunk = fds_per_chunk
         self._ancbufsize = socket.CMSG_SPACE(fds_per_chunk * _INT_SIZE)
         self._unix = sock.family == socket.AF_UNIX
+        self._spin_until = 0.0
         self._broken: str | None = None  # why the stream can no longer be trusted
         self._bytes_sent = 0  # of the message being sent
         sock.settimeout(None)
@@ -171,8 +172,13 @@ class Channel:
 
     # --- receiving ----------------------------------------------------------------------------------------------
 
-    def recv(self, timeout: float | None = None, expect: AbstractSet[MessageType] | None = None) -> Message:
+    def recv(
+        self, timeout: float | None = None, expect: AbstractSet[MessageType] | None = None, *, spin: float = 0.0
+    ) -> Message:
         """Receive one message, waiting at most `timeout` seconds (None: forever).
+
+        `spin` (seconds, needs a timeout): busy-poll this long before sleeping in poll(). Inside a guest's pause
+        window a reply is due within microseconds, and being woken from poll() costs more than that here.
 
         If `expect` is given, any other type is a ProtocolError. ERROR and ABORT raise RemoteError / RemoteAbort
         (with the peer's code and message) unless `expect` names them. fds of a rejected message are closed.
@@ -180,6 +186,7 @@ class Channel:
         if self._broken is not None:
             raise self._unusable()
         deadline = None if timeout is None else time.monotonic() + timeout
+        self._spin_until = time.monotonic() + spin if spin and deadline is not None else 0.0
         fds: list[int] = []
         try:
             header = self._recv_header(fds, deadline)
@@ -278,6 +285,8 @@ class Channel:
 
     def _wait(self, poller: select.poll, deadline: float | None, *, partial: bool) -> None:
         """Wait until the socket is ready (or hung up: the next syscall then says why), at most until `deadline`."""
+        if self._spin_until and time.monotonic() < self._spin_until:
+            return  # spinning: the caller retries its non-blocking read at once
         remaining_ms = None if deadline is None else max(deadline - time.monotonic(), 0.0) * 1000.0
         if not poller.poll(remaining_ms):
             state = "in the middle of a message" if partial else "with nothing received"
