@@ -2,11 +2,10 @@
 
 static bool is_space(char c) { return c == ' ' || c == '\t' || c == '\n'; }
 
-bool cmdline_find(const char *cmdline, const char *key, const char **value, usize *len)
+bool cmdline_next(const char **pos, const char *key, const char **value, usize *len)
 {
 	usize key_len = strlen(key);
-	bool found = false;
-	const char *p = cmdline;
+	const char *p = *pos;
 	while (*p) {
 		while (is_space(*p))
 			p++;
@@ -16,9 +15,20 @@ bool cmdline_find(const char *cmdline, const char *key, const char **value, usiz
 		if ((usize)(p - word) > key_len && memcmp(word, key, key_len) == 0 && word[key_len] == '=') {
 			*value = word + key_len + 1;
 			*len = (usize)(p - *value);
-			found = true; /* keep going: the last occurrence wins, as in Linux */
+			*pos = p;
+			return true;
 		}
 	}
+	*pos = p;
+	return false;
+}
+
+bool cmdline_find(const char *cmdline, const char *key, const char **value, usize *len)
+{
+	bool found = false;
+	const char *pos = cmdline;
+	while (cmdline_next(&pos, key, value, len))
+		found = true; /* keep going: the last occurrence wins, as in Linux */
 	return found;
 }
 

@@ -4,7 +4,7 @@
 #include "print.h"
 #include "uart.h"
 
-#define MAX_WARNINGS 8
+#define MAX_WARNINGS 16
 
 static const char *bad_keys[MAX_WARNINGS];
 static u32 bad_key_count;
@@ -66,6 +66,11 @@ void config_parse(struct config *c, const char *cmdline)
 	c->exit_after = 0;
 	c->uart_mmio = 0;
 	c->microbench = 0;
+	c->blk = 1;
+	c->blk_blocks = 0;
+	c->blk_rate = 200;
+	c->net = 1;
+	c->rng = 1;
 	get_u64(cmdline, "ws", true, 1UL << 40, &c->ws_bytes);
 	get_u32(cmdline, "cpus", 1UL << 20, &c->cpus); /* larger than MAX_CPUS is clamped later, with a warning */
 	get_u32(cmdline, "timer_hz", 100000, &c->timer_hz);
@@ -74,6 +79,11 @@ void config_parse(struct config *c, const char *cmdline)
 	get_u64(cmdline, "exit_after", false, ~0UL, &c->exit_after);
 	get_uart(cmdline, &c->uart_mmio);
 	get_u32(cmdline, "microbench", 1, &c->microbench);
+	get_u32(cmdline, "blk", 1, &c->blk);
+	get_u64(cmdline, "blk_blocks", false, 1UL << 40, &c->blk_blocks);
+	get_u32(cmdline, "blk_rate", 1000000, &c->blk_rate);
+	get_u32(cmdline, "net", 1, &c->net);
+	get_u32(cmdline, "rng", 1, &c->rng);
 }
 
 void config_print_warnings(void)

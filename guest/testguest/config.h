@@ -13,6 +13,11 @@ struct config {
 	u64 exit_after;    /* exit_after=N: reset after N status lines, 0 = never */
 	u64 uart_mmio;     /* uart=mmio[:ADDR] -> the address; uart=port -> 0 */
 	u32 microbench;    /* microbench=1: print I/O cost measurements before "hsg: ready" */
+	u32 blk;           /* blk=0 disables the virtio-blk driver */
+	u64 blk_blocks;    /* blk_blocks=N: journal length in 4 KiB blocks, 0 = as many as the disk holds */
+	u32 blk_rate;      /* blk_rate=N: journal writes per second, 0 = as fast as the device goes */
+	u32 net;           /* net=0 disables the virtio-net driver */
+	u32 rng;           /* rng=0 disables the virtio-rng driver */
 };
 
 /* Fills `config` from the command line; prints a warning line for each value it cannot parse. */

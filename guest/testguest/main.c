@@ -14,6 +14,7 @@
 #include "sys.h"
 #include "tsc.h"
 #include "uart.h"
+#include "vdev.h"
 #include "workload.h"
 
 #define CMDLINE_MAX 4096
@@ -89,8 +90,11 @@ static NORETURN void bsp_loop(void)
 	u64 seq = 0;
 	for (;;) {
 		u64 now = workload_step(&cpus[0]);
+		for (u32 done = vdev_poll(now); done; done--)
+			progress_step(&cpus[0]); /* each completed I/O is a step: a device stall shows as a gap */
 		if (!period || now < next_status)
 			continue;
+		vdev_status_tick();
 		status_print(++seq, tsc_khz);
 		if (config.exit_after && seq >= config.exit_after) {
 			print_line("hsg: exit");
@@ -155,8 +159,11 @@ NORETURN void bsp_main(u32 index)
 		.timer_hz = config.timer_hz,
 	};
 	status_print_boot(&report);
-	if (config.microbench)
+	vdev_setup(cmdline, &config, tsc_khz);
+	if (config.microbench) {
 		microbench_run(tsc_khz, config.uart_mmio);
+		vdev_microbench(tsc_khz);
+	}
 	print_line("hsg: ready");
 
 	uart_set_byte_hook(bsp_progress_byte);

@@ -53,6 +53,12 @@ void line_kv(struct line *l, const char *key, u64 value)
 	line_u64(l, value);
 }
 
+void line_cat(struct line *l, const struct line *other)
+{
+	for (usize i = 0; i < other->len; i++)
+		put(l, other->buf[i]);
+}
+
 void line_print(struct line *l)
 {
 	l->buf[l->len++] = '\r';

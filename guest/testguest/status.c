@@ -6,6 +6,7 @@
 #include "progress.h"
 #include "start_info.h"
 #include "tsc.h"
+#include "vdev.h"
 #include "workload.h"
 
 void status_print_boot(const struct boot_report *r)
@@ -74,5 +75,6 @@ void status_print(u64 seq, u64 tsc_khz)
 	line_kv(&l, "gap_us", tsc_to_us(gap, tsc_khz));
 	line_kv(&l, "maxgap_us", tsc_to_us(max_gap, tsc_khz));
 	line_kv(&l, "uptime_us", tsc_to_us(uptime, tsc_khz));
+	vdev_status_keys(&l);
 	line_print(&l);
 }
