@@ -7,6 +7,8 @@ hands the listening fd over, so the API path never disappears; connections made 
 from __future__ import annotations
 
 import json
+import os
+import selectors
 import socket
 import socketserver
 import threading
@@ -84,28 +86,58 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 class ApiServer:
+    """Serves requests on its own thread. Stopping is immediate (an eventfd wakes the accept loop), so a live
+    upgrade does not wait out a poll interval before it can hand the listening socket over."""
+
     def __init__(self, listener: socket.socket, controller: Controller) -> None:
         self._server = _Server(listener.getsockname() or "", _Handler, bind_and_activate=False)
         self._server.socket.close()
         self._server.socket = listener
         self._server.controller = controller
+        self._server.timeout = 0  # handle_request() is only called when the listener is readable
         self._listener = listener
         self._thread: threading.Thread | None = None
+        self._wake = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
+        self._stopping = False
 
     @property
     def listener_fd(self) -> int:
         return self._listener.fileno()
 
     def start(self) -> None:
-        self._thread = threading.Thread(target=self._server.serve_forever, args=(0.5,), name="api", daemon=True)
+        if self._thread is not None:
+            return
+        self._stopping = False
+        self._thread = threading.Thread(target=self._serve, name="api", daemon=True)
         self._thread.start()
 
+    def _serve(self) -> None:
+        with selectors.DefaultSelector() as selector:
+            selector.register(self._listener, selectors.EVENT_READ)
+            selector.register(self._wake, selectors.EVENT_READ)
+            while not self._stopping:
+                for key, _ in selector.select():
+                    if key.fileobj == self._wake:
+                        try:
+                            os.eventfd_read(self._wake)
+                        except BlockingIOError:
+                            pass
+                    elif not self._stopping:
+                        self._server.handle_request()  # accept one connection (ready: no wait), serve it on a thread
+
     def stop_accepting(self) -> None:
-        """Stop taking new connections (requests already being handled finish). The socket stays open."""
-        if self._thread is not None:
-            self._server.shutdown()
-            self._thread = None
+        """Stop taking new connections (requests already being handled finish). The socket stays open, and
+        connections made meanwhile wait in its backlog for whoever serves it next."""
+        thread = self._thread
+        if thread is None:
+            return
+        self._stopping = True
+        os.eventfd_write(self._wake, 1)
+        if thread is not threading.current_thread():
+            thread.join(5.0)
+        self._thread = None
 
     def close(self) -> None:
         self.stop_accepting()
         self._listener.close()
+        os.close(self._wake)
