@@ -1,0 +1,85 @@
+"""The test guest as the benchmarks use it: its image, its command line, and its status lines
+(docs/test-guest.md has the format)."""
+
+from __future__ import annotations
+
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+from bench.report import REPO, BenchError
+
+BUILD_SCRIPT = REPO / "guest" / "build-testguest.sh"
+
+
+def test_guest() -> Path:
+    """Build guest/build/testguest.elf (incremental) and return its path."""
+    try:
+        out = subprocess.run([str(BUILD_SCRIPT)], check=True, capture_output=True, text=True, timeout=300)
+    except (OSError, subprocess.SubprocessError) as exc:
+        raise BenchError(f"building the test guest: {exc}") from exc
+    path = Path(out.stdout.strip().splitlines()[-1])
+    if not path.is_file():
+        raise BenchError(f"building the test guest: {path} is not a file")
+    return path
+
+
+def cmdline(uart: str = "port", ws: str = "16M", status_ms: int = 20, tsc_khz: int | None = None) -> str:
+    """The guest's command line; `uart` is `port` (COM1, the only UART QEMU microvm has) or `mmio` (hotswap)."""
+    words = [f"uart={uart}", f"ws={ws}", f"status_ms={status_ms}"]
+    if tsc_khz:
+        words.append(f"tsc_khz={tsc_khz}")
+    return " ".join(words)
+
+
+def fields(line: str, skip: int = 2) -> dict[str, str]:
+    """The key=value tokens of a console line after its first `skip` words."""
+    return dict(token.split("=", 1) for token in line.split()[skip:] if "=" in token)
+
+
+@dataclass(frozen=True)
+class Status:
+    """One `hsg: status` line, with the host time (CLOCK_MONOTONIC, ns) at which the benchmark received it."""
+
+    seq: int
+    cpus: int
+    steps: int
+    passes: int
+    ticks: int
+    integrity: str
+    gap_us: int
+    maxgap_us: int
+    uptime_us: int
+    arrived_ns: int = 0
+
+    @classmethod
+    def parse(cls, line: str, arrived_ns: int = 0) -> Status | None:
+        """The status line's fields, or None for any other line (or a status line cut short)."""
+        if not line.startswith("hsg: status "):
+            return None
+        f = fields(line)
+        try:
+            return cls(
+                seq=int(f["seq"]),
+                cpus=int(f["cpus"]),
+                steps=int(f["steps"]),
+                passes=int(f["passes"]),
+                ticks=int(f["ticks"]),
+                integrity=f["integrity"],
+                gap_us=int(f["gap_us"]),
+                maxgap_us=int(f["maxgap_us"]),
+                uptime_us=int(f["uptime_us"]),
+                arrived_ns=arrived_ns,
+            )
+        except (KeyError, ValueError):
+            return None
+
+
+def boot_tsc_khz(line: str) -> int:
+    """tsc_khz from the guest's `hsg: boot` line."""
+    if not line.startswith("hsg: boot "):
+        raise BenchError(f"reading tsc_khz: not a boot line: {line!r}")
+    try:
+        return int(fields(line)["tsc_khz"])
+    except (KeyError, ValueError) as exc:
+        raise BenchError(f"reading tsc_khz: no number in {line!r}") from exc
