@@ -163,6 +163,11 @@ class ConsoleTap:
                     raise BenchError(f"console: timed out after {timeout:.0f} s waiting for a line {prefix!r}")
                 self._cond.wait(min(remaining, 0.5))
 
+    def statuses_after(self, after: int) -> list[Status]:
+        """Status lines with seq > after."""
+        with self._cond:
+            return self._statuses_after(after)
+
     def _statuses_after(self, after: int) -> list[Status]:
         found: list[Status] = []
         for status in reversed(self.statuses):

@@ -12,7 +12,7 @@ from bench.report import REPO, BenchError
 BUILD_SCRIPT = REPO / "guest" / "build-testguest.sh"
 
 
-def test_guest() -> Path:
+def guest_image() -> Path:
     """Build guest/build/testguest.elf (incremental) and return its path."""
     try:
         out = subprocess.run([str(BUILD_SCRIPT)], check=True, capture_output=True, text=True, timeout=300)

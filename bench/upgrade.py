@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bench import gaps
-from bench.guest import Status, cmdline, test_guest
+from bench.guest import Status, cmdline, guest_image
 from bench.host import HostWatch
 from bench.qemu import Fleet, QemuSpec, qemu_version, shm_path
 from bench.report import BenchError, Latency, Table, emit, fmt, ratio
@@ -374,7 +374,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{time.strftime('%H:%M:%S')} {text}", file=sys.stderr, flush=True)
 
     watch = HostWatch()
-    kernel = test_guest()
+    kernel = guest_image()
     results: list[tuple[Run, Figures]] = []
     try:
         for size in args.size_list:
