@@ -104,7 +104,10 @@ def build_parser() -> argparse.ArgumentParser:
     upgrade.set_defaults(handler=cmd_upgrade)
 
     successor = commands.add_parser("_successor", help=argparse.SUPPRESS)
-    successor.add_argument("--fd", type=int, required=True)
+    handover = successor.add_mutually_exclusive_group(required=True)
+    handover.add_argument("--fd", type=int, help="the channel to the old VMM (transfer mode)")
+    handover.add_argument("--exec-image", type=int, help="the image an exec-mode upgrade left (exec mode)")
+    handover.add_argument("--probe", action="store_true", help="print the versions this build speaks")
     successor.set_defaults(handler=cmd_successor)
     return parser
 
@@ -245,6 +248,15 @@ def cmd_upgrade(args: argparse.Namespace) -> int:
 
 
 def cmd_successor(args: argparse.Namespace) -> int:
+    if args.probe:
+        from hotswap.handover.exec_mode import probe_answer
+
+        print(json.dumps(probe_answer()))
+        return exitcodes.OK
+    if args.exec_image is not None:
+        from hotswap.handover.exec_mode import run_exec_image
+
+        return run_exec_image(args.exec_image)
     from hotswap.handover.successor import run_successor
 
     return run_successor(args.fd)

@@ -21,6 +21,25 @@ from hotswap.errors import ApiError, HotswapError
 from hotswap.sockets import peer_is_allowed
 
 MAX_BODY = 64 * 1024
+_request = threading.local()
+
+
+def current_connection() -> socket.socket | None:
+    """The client connection of the request being handled on this thread (an exec-mode upgrade hands it to the
+    new program image, which answers it)."""
+    connection: socket.socket | None = getattr(_request, "connection", None)
+    return connection
+
+
+def raw_response(status: int, payload: dict[str, Any]) -> bytes:
+    """A complete HTTP/1.1 response, for answering a connection outside the server (after an exec)."""
+    reason = {200: "OK", 500: "Internal Server Error"}.get(status, "Error")
+    body = (json.dumps(payload) + "\n").encode()
+    head = (
+        f"HTTP/1.1 {status} {reason}\r\nServer: hotswap/{__version__}\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+    )
+    return head.encode() + body
 
 
 class _Server(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
@@ -41,6 +60,7 @@ class _Handler(BaseHTTPRequestHandler):
         log.get("api").debug("api.request", line=format % args)
 
     def _handle(self) -> None:
+        _request.connection = self.connection
         try:
             body = self._read_body()
             action = parse_action(self.command, self.path.split("?", 1)[0], body)
@@ -54,6 +74,8 @@ class _Handler(BaseHTTPRequestHandler):
         except Exception as exc:  # never let one request take the VMM down
             log.get("api").error("api.internal_error", error=repr(exc))
             self._reply(500, {"error": f"internal error: {exc!r}"})
+        finally:
+            _request.connection = None
 
     do_GET = do_PUT = do_POST = do_PATCH = do_DELETE = _handle
 

@@ -1,11 +1,12 @@
-"""Fault injection for the handover safety tests: kill, exit, hang or corrupt at a named step.
+"""Fault injection for the handover safety tests: kill, exit, hang, raise or corrupt at a named step.
 
-HOTSWAP_FAULT="SIDE@GEN:STEP:ACTION[,...]" where SIDE is `sender` or `successor`, GEN the generation of the VMM
-doing the step (the sender's own generation; the generation the successor is becoming), STEP a step name below, and
-ACTION one of kill (SIGKILL itself), exit (exit status 1), hang (stop answering). Sender-only data actions: corrupt
-(flip a byte of the STATE container), badversion (send a state container of an unknown format version), truncate
-(send half the container). The variable is inherited by successors; the generation keeps a fault to one upgrade.
-"""
+HOTSWAP_FAULT="SIDE@GEN:STEP:ACTION[,...]" where SIDE is `sender`, `successor` or `exec` (the new program image of
+an exec-mode upgrade, step `takeover`), GEN the generation of the VMM doing the step (the sender's own generation;
+the generation the successor is becoming), STEP a step name below, and ACTION one of kill (SIGKILL itself), exit
+(exit status 1), hang (stop answering), raise (an exception at that point, as a bug would). Sender-only data
+actions, step `state`: corrupt (flip a byte of the STATE container), badversion (send a state container of an
+unknown format version), truncate (send half the container). The variable is inherited by successors; the
+generation keeps a fault to one upgrade."""
 
 from __future__ import annotations
 
@@ -68,6 +69,8 @@ def fault_point(side: str, generation: int, step: str) -> None:
     elif action == "hang":
         while True:
             time.sleep(3600)
+    elif action == "raise":
+        raise RuntimeError(f"fault injected at {side} {step}")
 
 
 def mangle_state(blob: bytes, generation: int) -> bytes:

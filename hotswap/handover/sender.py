@@ -62,7 +62,9 @@ def successor_command(executable: str | None) -> list[str]:
 def hand_over(vmm: Vmm, action: Upgrade) -> dict[str, Any]:
     machine = vmm.machine
     if action.mode == "exec":
-        raise ApiError("--mode exec is not available in this version; use the default transfer mode", 501)
+        from hotswap.handover.exec_mode import exec_over
+
+        exec_over(vmm, action)
     if machine.state is not RunState.RUNNING:
         raise ApiError(f"cannot upgrade: the VM is {machine.state.value} (resume it first)", 409)
     generation = machine.generation

@@ -107,3 +107,36 @@ def test_upgrade_with_a_missing_executable_is_refused(vm: GuestVm, guest_elf: Pa
     assert result.returncode != 0 and "not an executable" in result.stderr
     assert "Traceback" not in result.stderr
     assert_continues(vm, before, count=2)
+
+
+def test_exec_mode_keeps_the_pid(vm: GuestVm, guest_elf: Path) -> None:
+    vm.start(guest_elf, guest_cmdline(status_ms=50), cpus=2)
+    pid = vm.pid
+    before = vm.wait_statuses(2)
+    result = vm.upgrade("--mode", "exec")
+    assert (result["mode"], result["old_pid"], result["new_pid"], result["generation"]) == ("exec", pid, pid, 2)
+    assert vmm_pids(vm) == [pid]
+    seen = assert_continues(vm, before)
+    # A transfer-mode upgrade from the re-executed VMM works too.
+    assert vm.upgrade()["generation"] == 3
+    assert_continues(vm, seen)
+
+
+def test_exec_mode_falls_back_when_the_new_image_cannot_take_over(run_dir: Path, guest_elf: Path) -> None:
+    with GuestVm(run_dir, env={"HOTSWAP_FAULT": "exec@2:takeover:raise"}) as vm:
+        vm.start(guest_elf, guest_cmdline(status_ms=50))
+        pid = vm.pid
+        before = vm.wait_statuses(2)
+        result = vm.upgrade("--mode", "exec")
+        assert result["old_pid"] == result["new_pid"] == pid
+        assert "exec.takeover_failed" in vm.log()  # the first image failed; the previous command took the guest back
+        assert_continues(vm, before)
+
+
+def test_exec_mode_refuses_a_target_that_cannot_take_over(vm: GuestVm, guest_elf: Path) -> None:
+    vm.start(guest_elf, guest_cmdline(status_ms=50))
+    before = vm.wait_statuses(1)
+    result = vm.cli("upgrade", vm.name, "--mode", "exec", "--exec", "/bin/true", check=False)
+    assert result.returncode != 0 and "cannot take over by exec" in result.stderr
+    assert vm.info()["generation"] == 1
+    assert_continues(vm, before)
