@@ -62,9 +62,10 @@ void journal_fill(u8 *block, u64 index, u64 seq)
 	*(u32 *)(block + CRC_OFFSET) = crc32(block, JOURNAL_BLOCK_SIZE);
 }
 
-enum journal_check journal_verify(const u8 *block, u64 index, u64 seq, u64 *got_seq)
+enum journal_check journal_verify(const u8 *block, u64 index, u64 seq, u64 *got_index, u64 *got_seq)
 {
 	const u64 *words = (const u64 *)block;
+	*got_index = words[1];
 	*got_seq = words[2];
 	if (words[0] != JOURNAL_MAGIC)
 		return JOURNAL_BAD_MAGIC;

@@ -31,8 +31,9 @@ void journal_init(void); /* builds the CRC table */
 /* Fills `block` with write `seq` of block `index`. */
 void journal_fill(u8 *block, u64 index, u64 seq);
 
-/* Checks that `block` holds write `seq` of block `index`, intact. *got_seq is the seq the block claims. */
-enum journal_check journal_verify(const u8 *block, u64 index, u64 seq, u64 *got_seq);
+/* Checks that `block` holds write `seq` of block `index`, intact. *got_index and *got_seq are what the block
+ * claims to be. */
+enum journal_check journal_verify(const u8 *block, u64 index, u64 seq, u64 *got_index, u64 *got_seq);
 
 const char *journal_check_name(enum journal_check check);
 

@@ -181,7 +181,7 @@ static void retry_batch(u32 status)
 	phase = IDLE;
 }
 
-static void print_failure(const char *what, u64 got_seq)
+static void print_failure(const char *what, u64 got_index, u64 got_seq)
 {
 	if (failure_printed)
 		return;
@@ -190,6 +190,7 @@ static void print_failure(const char *what, u64 got_seq)
 	line_start(&l, "hsg: blk FAIL");
 	line_kv(&l, "block", read_block);
 	line_kv(&l, "expected_seq", read_expected);
+	line_kv(&l, "got_block", got_index);
 	line_kv(&l, "got_seq", got_seq);
 	line_str(&l, " what=");
 	line_str(&l, what);
@@ -201,14 +202,14 @@ static void read_done(u8 status)
 	reads++;
 	if (status != S_OK) {
 		bad++;
-		print_failure("status", 0);
+		print_failure("status", 0, 0);
 		return;
 	}
-	u64 got_seq;
-	enum journal_check check = journal_verify(read_buffer, read_block, read_expected, &got_seq);
+	u64 got_index, got_seq;
+	enum journal_check check = journal_verify(read_buffer, read_block, read_expected, &got_index, &got_seq);
 	if (check != JOURNAL_OK) {
 		bad++;
-		print_failure(journal_check_name(check), got_seq);
+		print_failure(journal_check_name(check), got_index, got_seq);
 	}
 }
 

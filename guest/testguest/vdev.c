@@ -17,6 +17,8 @@ static struct virtio_mmio_dev devs[VIRTIO_MMIO_MAX_DEVICES];
 static u32 dev_count;
 static struct virtio_mmio_dev *driven[KINDS]; /* the device each driver runs, if it started */
 
+static bool warned_bad_idx[KINDS][2];
+
 static bool (*const running[KINDS])(void) = {vblk_running, vnet_running, vrng_running};
 static void (*const stop[KINDS])(void) = {vblk_stop, vnet_stop, vrng_stop};
 
@@ -147,11 +149,43 @@ u32 vdev_poll(u64 now)
 	return done;
 }
 
+static struct virtq *queue_of(u32 kind, u32 index)
+{
+	if (kind == BLK)
+		return index ? NULL : vblk_queue();
+	if (kind == NET)
+		return index ? vnet_tx_queue() : vnet_rx_queue();
+	return index ? NULL : vrng_queue();
+}
+
+static void warn_bad_used_idx(u32 kind)
+{
+	for (u32 i = 0; i < 2; i++) {
+		struct virtq *q = queue_of(kind, i);
+		if (!q || !q->bad_used_idx || warned_bad_idx[kind][i])
+			continue;
+		warned_bad_idx[kind][i] = true;
+		struct line l;
+		line_start(&l, "hsg: warning virtio addr=");
+		line_hex(&l, driven[kind]->base);
+		line_str(&l, " driver=");
+		line_str(&l, kind_names[kind]);
+		line_kv(&l, "queue", i);
+		line_str(&l, ": read used.idx=");
+		line_u64(&l, q->bad_idx);
+		line_kv(&l, "last_used", q->bad_last_used);
+		line_kv(&l, "outstanding", q->bad_outstanding);
+		line_str(&l, " (a device bug; ignored and read again)");
+		line_print(&l);
+	}
+}
+
 void vdev_status_tick(void)
 {
 	for (u32 k = 0; k < KINDS; k++) {
 		if (!driven[k] || !running[k]())
 			continue;
+		warn_bad_used_idx(k);
 		if (virtio_mmio_status(driven[k]) & VIRTIO_STATUS_NEEDS_RESET) {
 			stop[k]();
 			struct line l;

@@ -24,6 +24,7 @@ void virtq_init(struct virtq *q, u16 size, u32 index, u64 notify_addr, bool even
 	q->event_idx = event_idx;
 	q->notify_addr = notify_addr;
 	q->notifies = q->kicks = 0;
+	q->bad_used_idx = 0;
 	*used_event(q) = (u16)(q->last_used - 1); /* no interrupts: see virtq.h */
 }
 
@@ -57,8 +58,18 @@ void virtq_kick(struct virtq *q)
 
 bool virtq_get_used(struct virtq *q, struct virtq_used_elem *out)
 {
-	if (q->last_used == READ_ONCE(q->used.idx))
+	u16 idx = READ_ONCE(q->used.idx);
+	if (q->last_used == idx)
 		return false;
+	u16 outstanding = (u16)(q->kicked_avail - q->last_used);
+	if ((u16)(idx - q->last_used) > outstanding) {
+		if (!q->bad_used_idx++) {
+			q->bad_idx = idx;
+			q->bad_last_used = q->last_used;
+			q->bad_outstanding = outstanding;
+		}
+		return false;
+	}
 	compiler_barrier(); /* the element after the index that published it (load -> load: in order on x86) */
 	const volatile struct virtq_used_elem *e = &q->used.ring[q->last_used % q->size];
 	out->id = e->id;

@@ -55,6 +55,12 @@ struct virtq {
 	u64 notify_addr;
 	u64 notifies; /* QueueNotify stores made */
 	u64 kicks;    /* publishes (notifications made or suppressed) */
+
+	/* used.idx read as a value the device cannot have published (more completions than requests outstanding):
+	 * a device bug, e.g. a store that passes through 0. Such a read is ignored and retried; the first one is kept
+	 * for a warning line. */
+	u64 bad_used_idx;
+	u16 bad_idx, bad_last_used, bad_outstanding;
 };
 
 /* Empties the rings; called before the queue is handed to the device. */
@@ -66,7 +72,7 @@ void virtq_post(struct virtq *q, u16 head);
 /* Publishes the posted chains and notifies the device if it asked for it. */
 void virtq_kick(struct virtq *q);
 
-/* Takes the next used element; false if the device has returned nothing new. */
+/* Takes the next used element; false if the device has returned nothing new (or used.idx made no sense). */
 bool virtq_get_used(struct virtq *q, struct virtq_used_elem *out);
 
 /* Stores the queue index to QueueNotify unconditionally (microbench). */

@@ -145,4 +145,6 @@ void vnet_status(struct line *l)
 	line_kv(l, "net_rx_last", rx_last);
 }
 
+struct virtq *vnet_rx_queue(void) { return &net_rxq; }
+
 struct virtq *vnet_tx_queue(void) { return &net_txq; }

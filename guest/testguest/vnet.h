@@ -27,6 +27,7 @@ bool vnet_send(void);
 void vnet_stop(void);
 bool vnet_running(void);
 void vnet_status(struct line *l); /* " net_tx=.. net_rx=.. net_rx_last=.." */
+struct virtq *vnet_rx_queue(void);
 struct virtq *vnet_tx_queue(void);
 
 #endif

@@ -601,7 +601,13 @@ def test_blk_read_back_catches_a_damaged_block(boot: Boot, disk: Path) -> None:
         os.pwrite(image.fileno(), b"\x00" * 16, target * 4096 + 2000)
     _, failure = guest.wait_line(lambda line: line.startswith("hsg: blk FAIL "))
     f = fields(failure, 3)
-    assert f == {"block": str(target), "expected_seq": str(target + 1), "got_seq": str(target + 1), "what": "crc"}
+    assert f == {
+        "block": str(target),
+        "expected_seq": str(target + 1),
+        "got_block": str(target),
+        "got_seq": str(target + 1),
+        "what": "crc",
+    }
     later = wait_counters(guest, lambda s: s["blk_bad"] >= 1)
     after = wait_counters(guest, lambda s: s["seq"] >= later["seq"] + 5)
     assert after["blk_bad"] == 1 and after["blk_acked"] > later["blk_acked"], after

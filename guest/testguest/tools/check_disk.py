@@ -5,7 +5,10 @@ FLUSH after it completed) must be on the disk image, intact:
 
     problems = check_disk(image_path, acked_seq, blocks)      # [] when all is well
 
-`blocks` is the journal length the guest printed (`blocks=` in its `hsg: virtio ... driver=blk` line).
+`blocks` is the journal length the guest printed (`blocks=` in its `hsg: virtio ... driver=blk` line). A block may
+also hold a newer write than the acknowledged one, up to `acked_seq + newer_allowed`: by default the writes the
+guest can have in flight when it stops right after a status line (exit_after). A guest stopped at any other moment
+may have acknowledged more since its last status line: pass newer_allowed = blk_rate * status_ms / 1000 + 8, or more.
 
 Also runnable: python3 guest/testguest/tools/check_disk.py IMAGE ACKED BLOCKS
 """
@@ -59,7 +62,7 @@ def last_acked_write(index: int, acked_seq: int, blocks: int) -> int:
     return 0 if acked_seq < first else first + (acked_seq - first) // blocks * blocks
 
 
-def check_block(block: bytes, index: int, acked_seq: int, blocks: int) -> str | None:
+def check_block(block: bytes, index: int, acked_seq: int, blocks: int, newer_allowed: int = MAX_UNACKED) -> str | None:
     """What is wrong with one block, or None."""
     want = last_acked_write(index, acked_seq, blocks)
     if want == 0:
@@ -74,7 +77,7 @@ def check_block(block: bytes, index: int, acked_seq: int, blocks: int) -> str | 
     if got_index != index:
         return f"block {index}: holds block {got_index}'s write (seq {seq})"
     # A newer write than the acknowledged one may have reached the disk before the guest stopped.
-    newer_ok = seq > want and seq <= acked_seq + MAX_UNACKED and (seq - want) % blocks == 0
+    newer_ok = seq > want and seq <= acked_seq + newer_allowed and (seq - want) % blocks == 0
     if seq != want and not newer_ok:
         return f"block {index}: seq {seq}, expected {want} (acknowledged) or a later unacknowledged write"
     if block[HEADER.size :] != expected_data(index, seq):
@@ -82,25 +85,28 @@ def check_block(block: bytes, index: int, acked_seq: int, blocks: int) -> str | 
     return None
 
 
-def check_disk(image_path: str | Path, acked_seq: int, blocks: int) -> list[str]:
+def check_disk(image_path: str | Path, acked_seq: int, blocks: int, *, newer_allowed: int = MAX_UNACKED) -> list[str]:
     """Every problem found with the acknowledged writes on the image; [] when every one is present and intact."""
-    if blocks <= 0:
-        raise ValueError(f"check_disk: blocks must be positive, not {blocks}")
+    if blocks <= 0 or newer_allowed < 0:
+        raise ValueError(
+            f"check_disk: blocks must be positive ({blocks}), newer_allowed not negative ({newer_allowed})"
+        )
     problems = []
     with open(image_path, "rb") as image:
         for index in range(min(blocks, acked_seq)):
             image.seek(index * BLOCK_SIZE)
-            problem = check_block(image.read(BLOCK_SIZE), index, acked_seq, blocks)
+            problem = check_block(image.read(BLOCK_SIZE), index, acked_seq, blocks, newer_allowed)
             if problem:
                 problems.append(problem)
     return problems
 
 
 def main(argv: list[str]) -> int:
-    if len(argv) != 4:
-        print(f"usage: {argv[0]} IMAGE ACKED_SEQ BLOCKS", file=sys.stderr)
+    if len(argv) not in (4, 5):
+        print(f"usage: {argv[0]} IMAGE ACKED_SEQ BLOCKS [NEWER_ALLOWED]", file=sys.stderr)
         return 2
-    problems = check_disk(argv[1], int(argv[2]), int(argv[3]))
+    newer = int(argv[4]) if len(argv) == 5 else MAX_UNACKED
+    problems = check_disk(argv[1], int(argv[2]), int(argv[3]), newer_allowed=newer)
     for problem in problems:
         print(problem)
     print(f"{len(problems)} problem(s)")
