@@ -306,21 +306,24 @@ def verdicts(results: list[tuple[Run, Figures]]) -> list[str]:
             f"target 1 vCPU downtime p50 <= 1 ms, p99 <= 2 ms: p50 {d.median:.2f} ms, p99 {d.p99:.2f} ms -> "
             + ("MET" if d.median <= 1 and d.p99 <= 2 else "MISSED")
         )
-    if one and one.pause_gap:
-        g = one.pause_gap.median
-        line = f"target 1 vCPU gap seen by the guest p50 <= 1.5 ms: {g:.2f} ms at the pause -> " + (
-            "MET" if g <= 1.5 else "MISSED"
+    if one and one.pause_gap and one.window_gap:
+        g, w = one.pause_gap.median, one.window_gap.median
+        line = (
+            f"target 1 vCPU gap seen by the guest p50 <= 1.5 ms: {g:.2f} ms at the pause, {w:.2f} ms over the "
+            "whole upgrade window -> " + ("MET" if g <= 1.5 else "MISSED")
         )
         if one.line_baseline:
             line += f" (this host's own single-line gap p50 with nothing going on: {one.line_baseline.median:.2f} ms)"
         notes.append(line)
         for mode in ("QEMU plain", "QEMU x-ignore-shared"):
             peer = by.get(("1cpu", mode))
-            if peer and peer.pause_gap:
+            if peer and peer.pause_gap and peer.window_gap:
                 factor = peer.pause_gap.median / g if g else float("inf")
+                whole = peer.window_gap.median / w if w else float("inf")
                 notes.append(
-                    f"target gap >= 5x smaller than {mode}'s (1 vCPU, at the pause, p50): {peer.pause_gap.median:.2f} "
-                    f"/ {g:.2f} = {factor:.2f}x -> " + ("MET" if factor >= 5 else "MISSED")
+                    f"target gap >= 5x smaller than {mode}'s (1 vCPU, p50): at the pause {peer.pause_gap.median:.2f} "
+                    f"/ {g:.2f} = {factor:.2f}x, over the window {peer.window_gap.median:.2f} / {w:.2f} = "
+                    f"{whole:.2f}x -> " + ("MET" if factor >= 5 else "MISSED")
                 )
     big = by.get(("16g", "hotswap"))
     if one and big and one.downtime and big.downtime:
