@@ -144,6 +144,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             mmio = cmdline(uart="mmio", status_ms=STATUS_MS, tsc_khz=tsc_khz)
             spec = QemuSpec(kernel, port, args.mem, args.cpus)
             boot_qemu(fleet, spec)
+            if not args.no_mmio:
+                boot_hotswap(kernel, mmio, args.cpus, args.mem, workdir, "warmup-mmio")
             series = [Series("hotswap, uart=port"), Series("QEMU microvm, uart=port")]
             if not args.no_mmio:
                 series.append(Series("hotswap, uart=mmio"))

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from bench.procs import alive, kill_pids
+from bench.procs import kill_pids
 from bench.qmp import Qmp, QmpError, event_time_ns
 from bench.report import BenchError
 
@@ -56,7 +56,7 @@ class QemuVm:
     spec: QemuSpec
     workdir: Path
     name: str
-    serial: str = "socket"  # "socket": a unix socket server; "stdio": QEMU's stdout, a pipe (see `stdout`)
+    serial: str = "socket"  # "socket": a unix socket server; "stdio": QEMU's stdout, a pipe (process.stdout)
     incoming: bool = False  # start with -incoming defer (a migration destination)
     process: subprocess.Popen[bytes] | None = None
     qmp: Qmp | None = None
@@ -347,11 +347,6 @@ def _wait_running(vm: QemuVm, timeout: float = 30.0) -> None:
 
 def _number(value: object) -> float | None:
     return float(value) if isinstance(value, int | float) else None
-
-
-def check_alive(vm: QemuVm) -> None:
-    if not alive(vm.pid):
-        raise BenchError(f"qemu {vm.name}: exited unexpectedly: {vm.log_tail()}")
 
 
 def shm_path(tag: str) -> Path:
