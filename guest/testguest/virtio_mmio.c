@@ -88,7 +88,10 @@ bool virtio_mmio_usable(const struct virtio_mmio_dev *dev)
 
 u32 virtio_mmio_status(const struct virtio_mmio_dev *dev) { return reg_read(dev, REG_STATUS); }
 
-static void set_status(struct virtio_mmio_dev *dev, u32 bits) { reg_write(dev, REG_STATUS, reg_read(dev, REG_STATUS) | bits); }
+static void set_status(struct virtio_mmio_dev *dev, u32 bits)
+{
+	reg_write(dev, REG_STATUS, reg_read(dev, REG_STATUS) | bits);
+}
 
 void virtio_mmio_fail(struct virtio_mmio_dev *dev) { set_status(dev, VIRTIO_STATUS_FAILED); }
 
