@@ -1,0 +1,440 @@
+"""A successor (`hotswap _successor --fd N`) fed bad input by a test playing the old VMM over a socketpair.
+
+Whatever arrives, the successor must give up without running the guest: exit non-zero, leave no process behind,
+never touch guest RAM (the memfd it was given keeps its exact bytes, and nothing reaches the console), and, where
+the stream is still in step, answer ERROR with a code and a message saying what was wrong.
+
+The machine it is offered is real: 64 MiB, 1 vCPU, the test guest loaded into a memfd by this process, and a state
+captured from that never-run vCPU at the guest's entry point, so a successor that resumed it would boot the guest
+(test_the_checks_see_a_successor_that_runs_the_guest proves the checks notice).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import socket
+import struct
+import subprocess
+import sys
+import time
+import uuid
+import zlib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+from framework.guest import guest_cmdline
+from framework.vmm import kill_pids, pids_with_tag
+
+from hotswap import exitcodes
+from hotswap.boot import load_kernel, split_ram
+from hotswap.config import MachineConfig
+from hotswap.handover.layout import HandoverFds
+from hotswap.machine.boot_cpu import apply_boot_plan
+from hotswap.machine.console import ConsoleFds
+from hotswap.machine.machine import Machine
+from hotswap.sockets import make_listener
+from hotswap.state import encode, pack
+from hotswap.wire import Channel, ErrorCode, Hello, MessageType, PeerClosed, WireError, decode_error
+from hotswap.wire.messages import CRC, HEADER, encode_header
+
+pytestmark = pytest.mark.kvm
+
+MEM = 64 * 1024 * 1024
+REPLY_TIMEOUT = 30.0  # the successor starts Python and builds a VM before it can answer CONFIG
+EXIT_TIMEOUT = 30.0  # includes its 5 s wait to see whether a silent old VMM died (it does not: this is us)
+
+
+@dataclass
+class Offer:
+    """What an old VMM hands over: config, a memfd with the guest loaded, and the state of its vCPU."""
+
+    config: MachineConfig
+    memory_fds: list[int]
+    tree: dict[str, Any]
+    booted_at_ns: int
+
+    def digest(self) -> str:
+        h = hashlib.blake2b()
+        for fd in self.memory_fds:
+            size = os.fstat(fd).st_size
+            for offset in range(0, size, 1 << 24):
+                h.update(os.pread(fd, 1 << 24, offset))
+        return h.hexdigest()
+
+
+@pytest.fixture(scope="module")
+def offer(guest_elf: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Offer]:
+    where = tmp_path_factory.mktemp("offer")
+    config = MachineConfig(
+        name="offered",
+        mem_size=MEM,
+        cpus=1,
+        kernel=str(guest_elf),
+        cmdline=guest_cmdline(ws="4M", status_ms=50),
+        console="stdio",
+        console_log=str(where / "unused.log"),
+        api_socket=str(where / "unused.sock"),
+    )
+    machine = Machine.create(config)
+    try:
+        plan = load_kernel(
+            machine.platform.memory,
+            guest_elf,
+            None,
+            config.cmdline,
+            split_ram(MEM),
+            config.cpus,
+            cpuid=machine.platform.cpuid,
+        )
+        apply_boot_plan(machine.platform.vcpus[0], plan)  # never run here: the state is the guest's entry point
+        yield Offer(config, machine.platform.memory.fds, machine.capture_state(), machine.booted_at_ns)
+    finally:
+        machine.shutdown()
+
+
+class OldVmm:
+    """The test's side of the handover: a Channel to a freshly started successor, and the fds it may hand over."""
+
+    def __init__(self, offer: Offer, where: Path) -> None:
+        self.offer = offer
+        self.tag = uuid.uuid4().hex
+        self.console_log = where / "console.log"
+        self.console_fd = os.open(self.console_log, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
+        self.api = make_listener(str(where / "api.sock"))
+        self.stderr = where / "successor.stderr"
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        env = {**os.environ, "HOTSWAP_RUN_DIR": str(where), "HOTSWAP_TEST_TAG": self.tag, "HOTSWAP_LOG_LEVEL": "info"}
+        env.pop("HOTSWAP_FAULT", None)
+        with open(self.stderr, "wb") as err:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "hotswap", "_successor", "--fd", str(theirs.fileno())],
+                pass_fds=[theirs.fileno()],
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=err,
+                stderr=err,
+            )
+        theirs.close()
+        self.channel = Channel(ours, peer="successor")
+        self.closed = False
+
+    # -- the protocol, done right ---------------------------------------------------------------------------------
+    def hello(self) -> Hello:
+        return Hello.decode(self.channel.recv(REPLY_TIMEOUT, {MessageType.HELLO}).payload)
+
+    def fds(self) -> HandoverFds:
+        return HandoverFds(
+            memory=list(self.offer.memory_fds),
+            console=ConsoleFds(log_file=self.console_fd),
+            api_listener=self.api.fileno(),
+        )
+
+    def config_message(self, **changes: Any) -> dict[str, Any]:
+        message: dict[str, Any] = {
+            "config": self.offer.config.to_dict(),
+            "console_history": b"",
+            "generation": 2,
+            "booted_at_ns": self.offer.booted_at_ns,
+            "memory": [[gpa, size] for gpa, size in split_ram(MEM)],
+            "fds": self.fds().counts(),
+        }
+        message.update(changes)
+        return message
+
+    def send_config(self, payload: bytes | None = None, fds: list[int] | None = None) -> None:
+        self.channel.send(
+            MessageType.CONFIG,
+            encode(self.config_message()) if payload is None else payload,
+            self.fds().flat() if fds is None else fds,
+        )
+
+    def ready(self) -> None:
+        self.hello()
+        self.send_config()
+        self.channel.recv(REPLY_TIMEOUT, {MessageType.READY})
+
+    def state_blob(self) -> bytes:
+        return pack(self.offer.tree)
+
+    # -- endings ----------------------------------------------------------------------------------------------
+    def close(self) -> None:
+        """The old VMM goes away from the channel (it stays alive: the successor's parent is this test)."""
+        self.channel.close()
+        self.closed = True
+
+    def reply(self) -> tuple[ErrorCode, str] | None:
+        """The ERROR the successor answered with, or None if it ended the connection without one."""
+        if self.closed:
+            return None
+        try:
+            message = self.channel.recv(REPLY_TIMEOUT, {MessageType.ERROR})
+        except PeerClosed:
+            return None
+        except WireError as exc:
+            raise AssertionError(f"the successor answered something else than ERROR: {exc}") from None
+        return decode_error(message.payload)
+
+    def finish(self) -> None:
+        if not self.closed:
+            self.close()
+        os.close(self.console_fd)
+        self.api.close()
+        try:
+            self.process.wait(EXIT_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            pass
+        kill_pids(pids_with_tag(self.tag))
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+
+
+# -- the inputs --------------------------------------------------------------------------------------------------
+def _header(magic: bytes, msg_type: int, nfds: int = 0, length: int = 0) -> bytes:
+    head = HEADER.pack(magic, msg_type, 0, nfds, length)
+    return head + CRC.pack(zlib.crc32(head))
+
+
+def truncated_header(old: OldVmm) -> None:
+    old.hello()
+    old.channel.sock.sendall(encode_header(MessageType.CONFIG, 0, 0, 100)[:7])
+    old.channel.sock.shutdown(socket.SHUT_WR)  # it can still answer; it cannot get the rest
+
+
+def wrong_magic(old: OldVmm) -> None:
+    old.hello()
+    old.channel.sock.sendall(_header(b"XX", MessageType.CONFIG))
+
+
+def unexpected_hello(old: OldVmm) -> None:
+    old.hello()
+    old.channel.send(MessageType.HELLO, Hello.local().encode())
+
+
+def config_garbage(old: OldVmm) -> None:
+    old.hello()
+    old.send_config(payload=b"\x0a\xff\xff\xff\x7fnot a codec dict")
+
+
+def config_fd_count(old: OldVmm) -> None:
+    old.hello()
+    old.send_config(fds=old.fds().flat()[:-1])  # the message says one API listener; none arrives
+
+
+def config_unknown_config_field(old: OldVmm) -> None:
+    old.hello()
+    message = old.config_message()
+    message["config"]["turbo"] = True
+    old.send_config(payload=encode(message))
+
+
+def config_unknown_field(old: OldVmm) -> None:
+    old.hello()
+    old.send_config(payload=encode(old.config_message(hint="from a newer build")))
+
+
+def state_truncated(old: OldVmm) -> None:
+    old.ready()
+    blob = old.state_blob()
+    old.channel.send(MessageType.STATE, blob[: len(blob) // 2])
+
+
+def state_corrupted(old: OldVmm) -> None:
+    old.ready()
+    blob = bytearray(old.state_blob())
+    blob[len(blob) // 2] ^= 0x01
+    old.channel.send(MessageType.STATE, bytes(blob))
+
+
+def state_bad_version(old: OldVmm) -> None:
+    old.ready()
+    body = bytearray(old.state_blob()[:-4])
+    struct.pack_into("<H", body, 8, 99)  # format version: the u16 after the 8-byte magic (checksum recomputed)
+    old.channel.send(MessageType.STATE, bytes(body) + struct.pack("<I", zlib.crc32(body)))
+
+
+def state_unknown_vcpu_field(old: OldVmm) -> None:
+    old.ready()
+    tree = {**old.offer.tree, "vcpus": [{**old.offer.tree["vcpus"][0], "turbo": 1}]}
+    old.channel.send(MessageType.STATE, pack(tree))  # a valid container, its top level fine
+
+
+def close_before_hello(old: OldVmm) -> None:
+    old.close()
+
+
+def close_after_hello(old: OldVmm) -> None:
+    old.hello()
+    old.close()
+
+
+def close_in_config(old: OldVmm) -> None:
+    old.hello()
+    payload = encode(old.config_message())
+    header = encode_header(MessageType.CONFIG, 0, 0, len(payload))
+    old.channel.sock.sendall(header + payload[: len(payload) // 2])
+    old.close()
+
+
+def close_after_config(old: OldVmm) -> None:
+    old.hello()
+    old.send_config()
+    old.close()
+
+
+def close_after_ready(old: OldVmm) -> None:
+    old.ready()
+    old.close()
+
+
+def close_after_state(old: OldVmm) -> None:
+    old.ready()
+    old.channel.send(MessageType.STATE, old.state_blob())
+    old.close()
+
+
+def close_after_restored(old: OldVmm) -> None:
+    old.ready()
+    old.channel.send(MessageType.STATE, old.state_blob())
+    old.channel.recv(REPLY_TIMEOUT, {MessageType.RESTORED})
+    old.close()
+
+
+@dataclass(frozen=True)
+class Case:
+    drive: Callable[[OldVmm], None]
+    code: ErrorCode | None = None  # the ERROR expected back; None: the stream is gone, no answer is owed
+    words: tuple[str, ...] = ()  # the message must contain each
+    bug: str = ""  # a known bug: the answer is wrong (its test is a strict xfail)
+
+
+CASES = {
+    "truncated-header": Case(truncated_header),
+    "wrong-magic": Case(wrong_magic),
+    "unexpected-hello": Case(
+        unexpected_hello,
+        ErrorCode.PROTOCOL,
+        ("HELLO", "CONFIG"),
+        bug="the successor exits without ERROR on a well-framed message of the wrong type (successor.py catches "
+        "WireError and only discards), so the old VMM learns only that the connection closed",
+    ),
+    "config-garbage": Case(config_garbage, ErrorCode.BAD_CONFIG, ("cannot build the machine",)),
+    "config-fd-count": Case(config_fd_count, ErrorCode.BAD_CONFIG, ("fds", "arrived")),
+    "config-unknown-config-field": Case(config_unknown_config_field, ErrorCode.BAD_CONFIG, ("turbo",)),
+    "config-unknown-field": Case(config_unknown_field, ErrorCode.BAD_CONFIG, ("hint",)),
+    "state-truncated": Case(state_truncated, ErrorCode.BAD_STATE, ("length mismatch",)),
+    "state-corrupted": Case(state_corrupted, ErrorCode.BAD_STATE, ("checksum",)),
+    "state-bad-version": Case(
+        state_bad_version,
+        ErrorCode.VERSION_MISMATCH,
+        ("format version 99",),
+        bug="an unreadable state format is answered with BAD_STATE; docs/protocol.md assigns VERSION_MISMATCH to "
+        "'the successor cannot read the state format' (successor.py maps every StateError to BAD_STATE)",
+    ),
+    "state-unknown-vcpu-field": Case(state_unknown_vcpu_field, ErrorCode.BAD_STATE, ("vcpus[0].turbo",)),
+    "close-before-hello": Case(close_before_hello),
+    "close-after-hello": Case(close_after_hello),
+    "close-in-config": Case(close_in_config),
+    "close-after-config": Case(close_after_config),
+    "close-after-ready": Case(close_after_ready),
+    "close-after-state": Case(close_after_state),
+    "close-after-restored": Case(close_after_restored),
+}
+
+
+@dataclass
+class Result:
+    exit_status: int | None
+    reply: tuple[ErrorCode, str] | None
+    memory_changed: bool
+    console: str
+    left_over: list[int]
+    log: str = field(repr=False)
+
+
+@pytest.fixture(scope="module")
+def results() -> dict[str, Result]:
+    """Each case runs once; the safety test and the ERROR test both read its result."""
+    return {}
+
+
+@pytest.fixture
+def run_case(
+    offer: Offer, results: dict[str, Result], tmp_path_factory: pytest.TempPathFactory
+) -> Callable[[str], Result]:
+    def run(name: str) -> Result:
+        if name not in results:
+            before = offer.digest()
+            old = OldVmm(offer, tmp_path_factory.mktemp(name))
+            try:
+                CASES[name].drive(old)
+                reply = old.reply()
+            finally:
+                old.finish()
+            results[name] = Result(
+                exit_status=old.process.returncode,
+                reply=reply,
+                memory_changed=offer.digest() != before,
+                console=old.console_log.read_text(errors="replace"),
+                left_over=pids_with_tag(old.tag),
+                log=old.stderr.read_text(errors="replace")[-3000:],
+            )
+        return results[name]
+
+    return run
+
+
+# -- tests -------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("name", list(CASES))
+def test_successor_gives_up_without_running_the_guest(run_case: Callable[[str], Result], name: str) -> None:
+    result = run_case(name)
+    assert result.exit_status == exitcodes.ERROR, f"exit status {result.exit_status}\n{result.log}"
+    assert not result.memory_changed, "guest RAM changed: a vCPU ran"
+    assert result.console == "", f"the guest printed: {result.console[:200]!r}"
+    assert result.left_over == [], f"processes left behind: {result.left_over}"
+    assert "Traceback" not in result.log, result.log
+
+
+def _reply_params() -> list[object]:
+    params = []
+    for name, case in CASES.items():
+        if case.code is None:
+            continue
+        marks = [pytest.mark.xfail(strict=True, reason=case.bug)] if case.bug else []
+        params.append(pytest.param(name, id=name, marks=marks))
+    return params
+
+
+@pytest.mark.parametrize("name", _reply_params())
+def test_successor_says_why(run_case: Callable[[str], Result], name: str) -> None:
+    case, result = CASES[name], run_case(name)
+    assert result.reply is not None, f"no ERROR before the connection closed\n{result.log}"
+    code, text = result.reply
+    assert code == case.code, f"answered {code.name}: {text}"
+    for word in case.words:
+        assert word in text, f"{word!r} not in {text!r}"
+
+
+def test_the_checks_see_a_successor_that_runs_the_guest(offer: Offer, tmp_path: Path) -> None:
+    """The whole handover done right: after COMMIT the successor runs the guest, and the checks above see it."""
+    before = offer.digest()
+    old = OldVmm(offer, tmp_path)
+    try:
+        old.ready()
+        old.channel.send(MessageType.STATE, old.state_blob())
+        old.channel.recv(REPLY_TIMEOUT, {MessageType.RESTORED})
+        old.channel.send(MessageType.COMMIT)
+        old.channel.recv(REPLY_TIMEOUT, {MessageType.RESUMED})
+        deadline = time.monotonic() + 30
+        while "hsg: status" not in old.console_log.read_text() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert "hsg: boot " in old.console_log.read_text()
+        assert offer.digest() != before
+        assert old.process.poll() is None and pids_with_tag(old.tag) == [old.process.pid]
+    finally:
+        old.process.kill()
+        old.finish()
