@@ -30,6 +30,8 @@ def attach(path: str) -> int:
         os.write(1, b"[attached; Ctrl-] detaches]\r\n")
     try:
         _pump(sock, stdin, interactive)
+    except BrokenPipeError:
+        pass  # our reader went away (`hotswap console vm | head`): that is how attaching ends
     finally:
         if saved is not None:
             termios.tcsetattr(stdin, termios.TCSADRAIN, saved)

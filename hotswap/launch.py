@@ -7,7 +7,7 @@ import os
 import sys
 from typing import Any
 
-from hotswap import exitcodes, log, registry
+from hotswap import exitcodes, log, registry, sdnotify
 from hotswap.config import MachineConfig
 from hotswap.errors import HotswapError
 from hotswap.machine.machine import Machine
@@ -24,6 +24,7 @@ def start_vmm(config: MachineConfig) -> Vmm:
         vmm = Vmm(machine, api_listener)
         machine.boot()
         vmm.register()
+        sdnotify.notify(ready=1, mainpid=os.getpid())  # Type=notify units: the guest is booting, we are up
         log.get("vmm").info("vmm.started", name=config.name, cpus=config.cpus, mem_size=config.mem_size)
         return vmm
     except BaseException:

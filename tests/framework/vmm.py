@@ -22,10 +22,12 @@ from framework.guest import Status, statuses
 HOTSWAP = [sys.executable, "-m", "hotswap"]
 
 
-def hotswap(*args: str, env: dict[str, str] | None = None, timeout: float = 120,
-            check: bool = True) -> subprocess.CompletedProcess[str]:
-    result = subprocess.run([*HOTSWAP, *args], capture_output=True, text=True, timeout=timeout,
-                            env={**os.environ, **(env or {})})
+def hotswap(
+    *args: str, env: dict[str, str] | None = None, timeout: float = 120, check: bool = True
+) -> subprocess.CompletedProcess[str]:
+    result = subprocess.run(
+        [*HOTSWAP, *args], capture_output=True, text=True, timeout=timeout, env={**os.environ, **(env or {})}
+    )
     if check and result.returncode != 0:
         raise AssertionError(f"hotswap {' '.join(args)} exited {result.returncode}:\n{result.stderr}{result.stdout}")
     return result
@@ -86,8 +88,22 @@ class GuestVm:
 
     def start(self, kernel: Path, cmdline: str, cpus: int = 1, mem: str = "256M", *extra: str) -> GuestVm:
         result = hotswap(
-            "run", "--daemon", "--json", "--kernel", str(kernel), "--cmdline", cmdline, "--cpus", str(cpus),
-            "--mem", mem, "--name", self.name, "--console-log", str(self.console), *extra,
+            "run",
+            "--daemon",
+            "--json",
+            "--kernel",
+            str(kernel),
+            "--cmdline",
+            cmdline,
+            "--cpus",
+            str(cpus),
+            "--mem",
+            mem,
+            "--name",
+            self.name,
+            "--console-log",
+            str(self.console),
+            *extra,
             env=self.env,
         )
         self.pid = json.loads(result.stdout)["pid"]
@@ -134,12 +150,17 @@ class GuestVm:
             if predicate(text):
                 return text
             time.sleep(0.05)
-        raise AssertionError(f"timed out after {timeout} s waiting for {what}; console so far:\n{self.output()[-3000:]}")
+        raise AssertionError(
+            f"timed out after {timeout} s waiting for {what}; console so far:\n{self.output()[-3000:]}"
+        )
 
     def wait_statuses(self, count: int, after: int = 0, timeout: float = 30.0) -> list[Status]:
         """Wait until `count` status lines with seq > after exist; return those."""
-        self.wait_for(lambda t: len([s for s in statuses(t) if s.seq > after]) >= count, timeout,
-                      f"{count} status lines after seq {after}")
+        self.wait_for(
+            lambda t: len([s for s in statuses(t) if s.seq > after]) >= count,
+            timeout,
+            f"{count} status lines after seq {after}",
+        )
         return [s for s in self.statuses() if s.seq > after]
 
     def log(self) -> str:

@@ -62,8 +62,16 @@ def test_corrupt_kernel_as_daemon(runner: tuple[dict[str, str], str], tmp_path: 
     assert "neither an ELF vmlinux nor a bzImage" in line
 
 
-@pytest.mark.parametrize("mem, expected", [("0", "more than 0"), ("100T", "more than this host"),
-                                            ("lots", "invalid size"), ("1M", "too small"), ("17M", "multiple of 2")])
+@pytest.mark.parametrize(
+    "mem, expected",
+    [
+        ("0", "more than 0"),
+        ("100T", "more than this host"),
+        ("lots", "invalid size"),
+        ("1M", "too small"),
+        ("17M", "multiple of 2"),
+    ],
+)
 def test_bad_memory_size(runner: tuple[dict[str, str], str], guest_elf: Path, mem: str, expected: str) -> None:
     assert expected in run_fails(*runner, "run", "--kernel", str(guest_elf), "--mem", mem)
 
@@ -76,8 +84,20 @@ def test_bad_cpu_count(runner: tuple[dict[str, str], str], guest_elf: Path, cpus
 def test_api_socket_in_use(runner: tuple[dict[str, str], str], vm: GuestVm, guest_elf: Path, run_dir: Path) -> None:
     vm.start(guest_elf, guest_cmdline())
     env, tag = runner
-    line = run_fails(env, tag, "run", "--daemon", "--kernel", str(guest_elf), "--mem", "64M", "--name", "other",
-                     "--api-sock", str(run_dir / f"{vm.name}.sock"))
+    line = run_fails(
+        env,
+        tag,
+        "run",
+        "--daemon",
+        "--kernel",
+        str(guest_elf),
+        "--mem",
+        "64M",
+        "--name",
+        "other",
+        "--api-sock",
+        str(run_dir / f"{vm.name}.sock"),
+    )
     assert "in use" in line
     assert vm.info()["state"] == "running"  # the first VM is untouched
 
@@ -97,7 +117,9 @@ def raw_request(path: Path, data: bytes) -> tuple[int, dict[str, object]]:
         while b"\r\n\r\n" not in response:
             response += sock.recv(65536)
         head, _, body = response.partition(b"\r\n\r\n")
-        length = int(next(line.split(b":")[1] for line in head.split(b"\r\n") if line.lower().startswith(b"content-length")))
+        length = int(
+            next(line.split(b":")[1] for line in head.split(b"\r\n") if line.lower().startswith(b"content-length"))
+        )
         while len(body) < length:
             body += sock.recv(65536)
     return int(head.split()[1]), json.loads(body)
@@ -110,7 +132,7 @@ def raw_request(path: Path, data: bytes) -> tuple[int, dict[str, object]]:
         (b"PUT /vm/pause HTTP/1.1\r\nContent-Length: 2\r\n\r\n[]", 400),
         (b"GET /nothing HTTP/1.1\r\n\r\n", 404),
         (b"DELETE /vm/pause HTTP/1.1\r\n\r\n", 405),
-        (b"PUT /vm/upgrade HTTP/1.1\r\nContent-Length: 16\r\n\r\n{\"mode\": \"fast\"}", 400),
+        (b'PUT /vm/upgrade HTTP/1.1\r\nContent-Length: 16\r\n\r\n{"mode": "fast"}', 400),
         (b"PUT /vm/pause HTTP/1.1\r\nContent-Length: x\r\n\r\n", 400),
     ],
     ids=["bad-json", "not-object", "unknown-path", "wrong-method", "bad-upgrade-mode", "bad-length"],

@@ -72,9 +72,22 @@ def test_guest_reset_ends_the_vmm_with_status_0(run_dir: Path, guest_elf: Path) 
     env = {**os.environ, "HOTSWAP_RUN_DIR": str(run_dir), "HOTSWAP_TEST_TAG": tag}
     try:
         result = subprocess.run(
-            [*HOTSWAP, "run", "--kernel", str(guest_elf), "--cmdline", guest_cmdline(extra="exit_after=3"),
-             "--mem", "128M", "--name", "fg"],
-            capture_output=True, text=True, timeout=60, env=env,
+            [
+                *HOTSWAP,
+                "run",
+                "--kernel",
+                str(guest_elf),
+                "--cmdline",
+                guest_cmdline(extra="exit_after=3"),
+                "--mem",
+                "128M",
+                "--name",
+                "fg",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env=env,
         )
     finally:
         kill_pids(pids_with_tag(tag))
