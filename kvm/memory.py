@@ -166,11 +166,14 @@ class GuestMemory:
     def read_u64(self, gpa: int) -> int:
         return int(struct.unpack_from("<Q", self.view(gpa, 8))[0])
 
+    # Stores the guest may watch (a virtqueue's used.idx) must land in one store: struct.pack_into zero-fills its
+    # target before writing, so a concurrent guest could read 0 in between. A cast memoryview item assignment is a
+    # single native store (x86 is little-endian, as the guest's structures are).
     def write_u16(self, gpa: int, value: int) -> None:
-        struct.pack_into("<H", self.view(gpa, 2), 0, value)
+        self.view(gpa, 2).cast("H")[0] = value
 
     def write_u32(self, gpa: int, value: int) -> None:
-        struct.pack_into("<I", self.view(gpa, 4), 0, value)
+        self.view(gpa, 4).cast("I")[0] = value
 
     def write_u64(self, gpa: int, value: int) -> None:
-        struct.pack_into("<Q", self.view(gpa, 8), 0, value)
+        self.view(gpa, 8).cast("Q")[0] = value

@@ -31,12 +31,14 @@ from hotswap.api.actions import Upgrade
 from hotswap.errors import ApiError, HotswapError, UpgradeError
 from hotswap.handover.faults import fault_point, mangle_state
 from hotswap.handover.layout import HandoverFds
+from hotswap.handover.session import TrackedChannel
 from hotswap.machine.machine import RunState
 from hotswap.state import FORMATS, decode, encode, pack
 from hotswap.wire.channel import Channel
 from hotswap.wire.errors import RemoteError, WireError
 from hotswap.wire.hello import Hello, negotiate
 from hotswap.wire.messages import ErrorCode, MessageType
+from hotswap.wire.sender import Sender
 
 if TYPE_CHECKING:
     from hotswap.vmm import Vmm
@@ -100,6 +102,7 @@ class _Session:
         self.vmm = vmm
         self.machine = vmm.machine
         self.channel = channel
+        self.wire = TrackedChannel(channel, Sender())  # enforces HELLO, CONFIG, READY, STATE, ... in order
         self.process = process
         self.log = logger
         self.paused = False
@@ -110,9 +113,9 @@ class _Session:
         return max(0.1, deadline - time.monotonic())
 
     def run(self, started: int, deadline: float, generation: int) -> dict[str, Any]:
-        machine, channel = self.machine, self.channel
+        machine, wire = self.machine, self.wire
         try:
-            hello = Hello.decode(channel.recv(self.remaining(deadline), {MessageType.HELLO}).payload)
+            hello = Hello.decode(wire.recv(self.remaining(deadline)).payload)
             negotiate(hello, state_format=FORMATS.current)
             hello_at = now_ns()
             fault_point("sender", generation, "after_hello")
@@ -132,9 +135,9 @@ class _Session:
                 "memory": [[spec.gpa, spec.size] for spec in machine.platform.memory.specs],
                 "fds": fds.counts(),
             }
-            channel.send(MessageType.CONFIG, encode(config), fds.flat())
+            wire.send(MessageType.CONFIG, encode(config), fds.flat())
             fault_point("sender", generation, "after_config")
-            ready = decode(channel.recv(self.remaining(deadline), {MessageType.READY}).payload)
+            ready = decode(wire.recv(self.remaining(deadline)).payload)
             ready_at = now_ns()
             fault_point("sender", generation, "after_ready")
 
@@ -154,11 +157,11 @@ class _Session:
             quiesced = now_ns()
             blob = pack(machine.capture_state(console_since=console_mark))
             captured = now_ns()
-            channel.send(MessageType.STATE, mangle_state(blob, generation))
+            wire.send(MessageType.STATE, mangle_state(blob, generation))
             fault_point("sender", generation, "after_state")
-            channel.recv(RESTORE_TIMEOUT, {MessageType.RESTORED}, spin=SPIN)
+            wire.recv(RESTORE_TIMEOUT, spin=SPIN)  # RESTORED
             fault_point("sender", generation, "after_restored")
-            channel.send(MessageType.COMMIT)
+            wire.send(MessageType.COMMIT)
             self.committed = True
         except (WireError, HotswapError, OSError, ValueError) as exc:
             reason = self._describe_failure(exc)
@@ -169,7 +172,7 @@ class _Session:
         machine.abandon()
         fault_point("sender", generation, "after_commit")
         try:
-            resumed = decode(channel.recv(RESUME_TIMEOUT, {MessageType.RESUMED}).payload)
+            resumed = decode(wire.recv(RESUME_TIMEOUT).payload)
         except WireError as exc:
             self.vmm.mark_handed_over()
             raise UpgradeError(

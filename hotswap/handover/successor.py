@@ -20,6 +20,7 @@ from hotswap.config import MachineConfig
 from hotswap.errors import HotswapError
 from hotswap.handover.faults import fault_point
 from hotswap.handover.layout import HandoverFds, virtio_fds_for
+from hotswap.handover.session import TrackedChannel
 from hotswap.machine.machine import Machine
 from hotswap.machine.virtio import virtio_specs
 from hotswap.state import StateError, check_fields, decode, encode, get_field, unpack
@@ -28,6 +29,7 @@ from hotswap.wire.channel import Channel
 from hotswap.wire.errors import PeerClosed, WireError
 from hotswap.wire.hello import Hello
 from hotswap.wire.messages import ErrorCode, MessageType
+from hotswap.wire.receiver import Receiver
 
 CONFIG_TIMEOUT = 60.0  # the old VMM sends CONFIG right after our HELLO
 STATE_TIMEOUT = 120.0  # the old VMM pauses when we are READY; it may be slow to get there
@@ -56,6 +58,7 @@ def run_successor(fd: int) -> int:
 class _Successor:
     def __init__(self, channel: Channel, old_pid: int, old_pidfd: int) -> None:
         self.channel = channel
+        self.wire = TrackedChannel(channel, Receiver())  # enforces HELLO, CONFIG, READY, STATE, ... in order
         self.old_pid = old_pid
         self.old_pidfd = old_pidfd
         self.machine: Machine | None = None
@@ -66,10 +69,10 @@ class _Successor:
         self.log = log.get("handover").bind(side="successor")
 
     def run(self) -> int:
-        channel = self.channel
+        wire = self.wire
         try:
-            channel.send(MessageType.HELLO, Hello.local().encode())
-            config_message = channel.recv(CONFIG_TIMEOUT, {MessageType.CONFIG})
+            wire.send(MessageType.HELLO, Hello.local().encode())
+            config_message = wire.recv(CONFIG_TIMEOUT)
             fault_point("successor", self._peek_generation(config_message.payload), "after_hello")
             try:
                 prepare = self._prepare(config_message.payload, config_message.fds)
@@ -78,11 +81,11 @@ class _Successor:
                 self._refuse(ErrorCode.BAD_CONFIG, f"cannot build the machine: {exc}")
                 return exitcodes.ERROR
             fault_point("successor", self.generation, "after_config")
-            channel.send(MessageType.READY, encode(prepare))
+            wire.send(MessageType.READY, encode(prepare))
             fault_point("successor", self.generation, "after_ready")
             gc.collect()
             gc.disable()  # no collection inside the guest's pause window
-            state_message = channel.recv(STATE_TIMEOUT, {MessageType.STATE}, spin=STATE_SPIN)
+            state_message = wire.recv(STATE_TIMEOUT, spin=STATE_SPIN)
             state_received = now_ns()
         except WireError as exc:
             self.log.warning("handover.aborted", reason=str(exc))
@@ -105,9 +108,9 @@ class _Successor:
         restored = now_ns()
         fault_point("successor", self.generation, "after_restore")
         try:
-            channel.send(MessageType.RESTORED)
+            wire.send(MessageType.RESTORED)
             fault_point("successor", self.generation, "after_restored")
-            channel.recv(COMMIT_TIMEOUT, {MessageType.COMMIT}, spin=COMMIT_SPIN)
+            wire.recv(COMMIT_TIMEOUT, spin=COMMIT_SPIN)  # COMMIT
         except PeerClosed:
             if not self._old_is_gone():
                 self.log.warning("handover.aborted", reason="the old VMM closed the channel but is still alive")
@@ -172,7 +175,7 @@ class _Successor:
         }
         if confirm:
             try:
-                self.channel.send(MessageType.RESUMED, encode(timings), timeout=1.0)
+                self.wire.send(MessageType.RESUMED, encode(timings), timeout=1.0)
             except (WireError, OSError):
                 pass  # the old VMM is gone; the guest runs here regardless
         self.channel.close()
