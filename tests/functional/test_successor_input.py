@@ -178,7 +178,9 @@ class OldVmm:
             raise AssertionError(f"the successor answered something else than ERROR: {exc}") from None
         return decode_error(message.payload)
 
-    def finish(self) -> None:
+    def finish(self) -> tuple[int | None, list[int]]:
+        """Close our end, give the successor time to exit; (its exit status, tagged processes still there), seen
+        before anything left over is killed."""
         if not self.closed:
             self.close()
         os.close(self.console_fd)
@@ -187,10 +189,12 @@ class OldVmm:
             self.process.wait(EXIT_TIMEOUT)
         except subprocess.TimeoutExpired:
             pass
-        kill_pids(pids_with_tag(self.tag))
+        status, left_over = self.process.poll(), pids_with_tag(self.tag)
+        kill_pids(left_over)
         if self.process.poll() is None:
             self.process.kill()
             self.process.wait()
+        return status, left_over
 
 
 # -- the inputs --------------------------------------------------------------------------------------------------
@@ -370,17 +374,18 @@ def run_case(
         if name not in results:
             before = offer.digest()
             old = OldVmm(offer, tmp_path_factory.mktemp(name))
+            reply = None
             try:
                 CASES[name].drive(old)
                 reply = old.reply()
             finally:
-                old.finish()
+                status, left_over = old.finish()
             results[name] = Result(
-                exit_status=old.process.returncode,
+                exit_status=status,
                 reply=reply,
                 memory_changed=offer.digest() != before,
                 console=old.console_log.read_text(errors="replace"),
-                left_over=pids_with_tag(old.tag),
+                left_over=left_over,
                 log=old.stderr.read_text(errors="replace")[-3000:],
             )
         return results[name]
@@ -435,6 +440,8 @@ def test_the_checks_see_a_successor_that_runs_the_guest(offer: Offer, tmp_path: 
         assert "hsg: boot " in old.console_log.read_text()
         assert offer.digest() != before
         assert old.process.poll() is None and pids_with_tag(old.tag) == [old.process.pid]
+        old.process.kill()  # the checks' other half: a successor that is gone is no longer listed
+        old.process.wait()
+        assert pids_with_tag(old.tag) == []
     finally:
-        old.process.kill()
         old.finish()
