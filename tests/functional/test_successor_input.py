@@ -405,7 +405,7 @@ def test_successor_gives_up_without_running_the_guest(run_case: Callable[[str], 
 
 
 def _reply_params() -> list[object]:
-    params = []
+    params: list[object] = []
     for name, case in CASES.items():
         if case.code is None:
             continue

@@ -249,7 +249,7 @@ def test_the_current_build_loads_the_format1_file() -> None:
     assert 1 in FORMATS.readable, "this build no longer reads format 1: check that its refusal names the formats"
     loaded = load_file(FORMAT1_FILE)
     assert loaded.version == 1
-    tree = loaded.tree
+    tree: dict[str, Any] = loaded.tree
     config = MachineConfig.from_dict(tree["machine"]["config"])
     assert (config.cpus, config.mem_size, len(tree["vcpus"])) == (2, 64 * 1024 * 1024, 2)
     assert b"hsg: status seq=" in tree["devices"]["console"]["state"]["history"]
@@ -257,7 +257,7 @@ def test_the_current_build_loads_the_format1_file() -> None:
 
 @pytest.mark.xfail(strict=True, raises=StateSchemaError, reason=FIRST_FORMAT_NOT_READ)
 def test_every_part_of_the_format1_file_parses() -> None:
-    tree = load_file(FORMAT1_FILE).tree
+    tree: dict[str, Any] = load_file(FORMAT1_FILE).tree
     config, generation, _booted = machine_info_from_tree(tree["machine"])
     MachineConfig.from_dict(config)
     assert generation == 1
@@ -269,7 +269,7 @@ def test_every_part_of_the_format1_file_parses() -> None:
 @pytest.fixture
 def format1_machine(guest_elf: Path, tmp_path: Path) -> Iterator[tuple[Machine, dict[str, Any]]]:
     """A fresh machine built from the stored file's config, with today's test guest and fresh host paths."""
-    tree = load_file(FORMAT1_FILE).tree
+    tree: dict[str, Any] = load_file(FORMAT1_FILE).tree
     stored = MachineConfig.from_dict(tree["machine"]["config"])
     config = replace(
         stored,
