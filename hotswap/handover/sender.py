@@ -37,7 +37,7 @@ from hotswap.state import FORMATS, decode, encode, pack
 from hotswap.wire.channel import Channel
 from hotswap.wire.errors import RemoteError, WireError
 from hotswap.wire.hello import Hello, negotiate
-from hotswap.wire.messages import ErrorCode, MessageType
+from hotswap.wire.messages import PROTOCOL_VERSION, ErrorCode, MessageType
 from hotswap.wire.sender import Sender
 
 if TYPE_CHECKING:
@@ -116,7 +116,8 @@ class _Session:
         machine, wire = self.machine, self.wire
         try:
             hello = Hello.decode(wire.recv(self.remaining(deadline)).payload)
-            negotiate(hello, state_format=FORMATS.current)
+            # This build sends only the current protocol and state format; the successor must read both.
+            negotiate(hello, protocol_versions=(PROTOCOL_VERSION,), state_format=FORMATS.current)
             hello_at = now_ns()
             fault_point("sender", generation, "after_hello")
 
@@ -128,6 +129,7 @@ class _Session:
             )
             console_mark = machine.console.mark()
             config = {
+                "protocol": PROTOCOL_VERSION,
                 "config": machine.config.to_dict(),
                 "console_history": machine.console.history(),
                 "generation": generation + 1,

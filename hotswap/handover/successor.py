@@ -23,7 +23,7 @@ from hotswap.handover.layout import HandoverFds, virtio_fds_for
 from hotswap.handover.session import TrackedChannel
 from hotswap.machine.machine import Machine
 from hotswap.machine.virtio import virtio_specs
-from hotswap.state import StateError, check_fields, decode, encode, get_field, unpack
+from hotswap.state import StateError, StateSchemaError, check_fields, decode, encode, get_field, unpack
 from hotswap.vmm import Vmm
 from hotswap.wire.channel import Channel
 from hotswap.wire.errors import PeerClosed, WireError
@@ -38,6 +38,28 @@ OLD_EXIT_GRACE = 5.0
 # Busy-wait for messages due within the pause window rather than sleep in poll() (whose wake-up costs more here):
 STATE_SPIN = 0.0  # measured: spinning here starves the old VMM of the CPU it needs to capture (2-core host)
 COMMIT_SPIN = 0.0  # after the channel closes, how long we wait to see the old VMM's pid go away
+
+
+CONFIG_FIELDS = {
+    1: frozenset({"config", "generation", "booted_at_ns", "memory", "fds"}),
+    2: frozenset({"protocol", "config", "console_history", "generation", "booted_at_ns", "memory", "fds"}),
+}
+
+
+def config_message_fields(message: object) -> dict[str, Any]:
+    """CONFIG's fields in the current protocol's shape; a protocol-1 CONFIG (an old VMM) is brought up to it:
+    no console history travels ahead of the state, and its disk and tap fd counts are the virtio count."""
+    protocol = message.get("protocol", 1) if isinstance(message, dict) else 1
+    if protocol not in CONFIG_FIELDS:
+        raise StateSchemaError(f"CONFIG of protocol {protocol!r}: this build reads protocols 1 and 2")
+    fields = check_fields(message, CONFIG_FIELDS[protocol], path="CONFIG")
+    if protocol == 1:
+        counts = dict(get_field(fields, "fds", dict, "CONFIG"))
+        disks, taps = counts.pop("disks", 0), counts.pop("taps", 0)
+        if not isinstance(disks, int) or not isinstance(taps, int):
+            raise StateSchemaError("CONFIG: fd counts 'disks' and 'taps' must be integers")
+        fields = {**fields, "protocol": 1, "console_history": b"", "fds": {**counts, "virtio": disks + taps}}
+    return fields
 
 
 def now_ns() -> int:
@@ -135,10 +157,7 @@ class _Successor:
     def _prepare(self, payload: bytes, fds: tuple[int, ...]) -> dict[str, Any]:
         """Build the whole machine from CONFIG before the old VMM pauses anything."""
         started = now_ns()
-        message = check_fields(
-            decode(payload),
-            frozenset({"config", "console_history", "generation", "booted_at_ns", "memory", "fds"}),
-        )
+        message = config_message_fields(decode(payload))
         self.console_history = get_field(message, "console_history", bytes)
         config = MachineConfig.from_dict(get_field(message, "config", dict))
         self.generation = get_field(message, "generation", int)

@@ -8,6 +8,7 @@ files      save_file / load_file
 
 from __future__ import annotations
 
+from hotswap.state import upgrades  # noqa: F401 - registers the N-1 -> N upgrade with FORMATS
 from hotswap.state.codec import MAX_DEPTH, decode, encode
 from hotswap.state.container import HEADER_SIZE, MAGIC, Unpacked, pack, unpack
 from hotswap.state.errors import (

@@ -8,6 +8,7 @@ kvm_ioapic_state 208 B, kvm_pit_state2 112 B.
 from __future__ import annotations
 
 import random
+import struct
 
 from hotswap.state.types import StateDict, StateValue
 
@@ -32,7 +33,8 @@ def sample_tree(vcpus: int = 2, seed: int = 0) -> StateDict:
 
     vcpu_list: list[StateValue] = []
     for index in range(vcpus):
-        msrs: list[StateValue] = [[msr, rng.getrandbits(64)] for msr in _MSR_INDICES]
+        # Format 2: the raw struct kvm_msr_entry array (u32 index, u32 reserved, u64 data).
+        msrs = b"".join(struct.pack("<IxxxxQ", msr, rng.getrandbits(64)) for msr in _MSR_INDICES)
         vcpu_list.append(
             {
                 "id": index,

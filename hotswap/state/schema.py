@@ -16,7 +16,7 @@ from typing import TypeVar
 from hotswap.state.errors import StateError, StateSchemaError, StateUpgradeError, UnsupportedVersionError
 from hotswap.state.types import StateDict
 
-CURRENT_FORMAT = 1
+CURRENT_FORMAT = 2  # 2: vCPU MSRs as raw kvm_msr_entry arrays (hotswap/state/upgrades.py)
 
 TOP_LEVEL_FIELDS = frozenset({"machine", "vm", "vcpus", "devices"})
 
@@ -63,7 +63,7 @@ class FormatRegistry:
             raise StateUpgradeError(f"state upgrade {version} -> {self.current} failed: {detail}") from err
 
 
-# The shipping registry. Format 1 is the first format, so there is nothing to upgrade from yet.
+# The shipping registry; its upgrade functions live in hotswap/state/upgrades.py.
 FORMATS = FormatRegistry(CURRENT_FORMAT)
 
 

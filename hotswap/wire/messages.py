@@ -19,8 +19,10 @@ import zlib
 from dataclasses import dataclass, field
 from enum import IntEnum
 
-PROTOCOL_VERSION = 1
-SUPPORTED_PROTOCOL_VERSIONS = (PROTOCOL_VERSION,)  # a build speaks its own version and the one before it
+# Protocol 2: CONFIG carries "protocol", "console_history" (sent before the pause) and one "virtio" fd count where
+# protocol 1 had "disks" and "taps". A successor also accepts protocol 1 from an old VMM (N-1 -> N).
+PROTOCOL_VERSION = 2
+SUPPORTED_PROTOCOL_VERSIONS = (PROTOCOL_VERSION - 1, PROTOCOL_VERSION)  # a successor reads its own and the one before
 
 MAGIC = b"HS"
 KNOWN_FLAGS = 0x0000

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import enum
 import struct
-import timeit
 from collections import OrderedDict
 from typing import Any
 
@@ -22,7 +21,7 @@ from hotswap.state.codec import (
     TAG_TRUE,
     TAG_UINT,
 )
-from hotswap.state.sample import count_values, sample_tree
+from hotswap.state.sample import sample_tree
 
 
 def u32(value: int) -> bytes:
@@ -318,15 +317,3 @@ def test_memoryview_and_bytearray_input() -> None:
 
 
 # --- speed ----------------------------------------------------------------------------------------------------
-
-
-def test_a_realistic_tree_encodes_and_decodes_fast() -> None:
-    """The budget is well under 100 us each for ~200 values on the development machine; this guard allows 5x for
-    a loaded CI host, and still fails if the codec becomes an order of magnitude slower."""
-    tree = sample_tree(vcpus=1)
-    assert 150 <= count_values(tree) <= 250
-    blob = encode(tree)
-    encode_us = min(timeit.repeat(lambda: encode(tree), number=200, repeat=5)) / 200 * 1e6
-    decode_us = min(timeit.repeat(lambda: decode(blob), number=200, repeat=5)) / 200 * 1e6
-    assert encode_us < 500, f"encode took {encode_us:.0f} us"
-    assert decode_us < 500, f"decode took {decode_us:.0f} us"

@@ -107,11 +107,11 @@ def test_unsupported_version_says_which_versions_this_build_reads() -> None:
     blob = bytearray(pack(sample_tree(vcpus=1)))
     struct.pack_into("<H", blob, 8, 99)
     with pytest.raises(
-        UnsupportedVersionError, match=r"format version 99 is not supported \(this build reads 1\)"
+        UnsupportedVersionError, match=r"format version 99 is not supported \(this build reads 1, 2\)"
     ) as info:
         unpack(reseal(blob))
     assert info.value.version == 99
-    assert info.value.readable == (CURRENT_FORMAT,)
+    assert info.value.readable == (CURRENT_FORMAT - 1, CURRENT_FORMAT)
 
 
 def test_unknown_flags() -> None:

@@ -11,6 +11,7 @@ from hotswap.state import CURRENT_FORMAT
 from hotswap.wire import (
     HEADER_SIZE,
     PROTOCOL_VERSION,
+    SUPPORTED_PROTOCOL_VERSIONS,
     ErrorCode,
     Hello,
     MessageType,
@@ -99,7 +100,7 @@ def test_hello_round_trip_and_layout() -> None:
 
 def test_local_hello() -> None:
     hello = Hello.local()
-    assert hello.protocol_versions == (PROTOCOL_VERSION,)
+    assert hello.protocol_versions == SUPPORTED_PROTOCOL_VERSIONS == (PROTOCOL_VERSION - 1, PROTOCOL_VERSION)
     assert CURRENT_FORMAT in hello.state_formats
     assert hello.pid > 0
 

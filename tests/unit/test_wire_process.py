@@ -13,7 +13,17 @@ import pytest
 
 from hotswap.state import pack, unpack
 from hotswap.state.sample import sample_tree
-from hotswap.wire import Channel, ErrorCode, Hello, MessageType, PeerClosed, RemoteError, Sender, negotiate
+from hotswap.wire import (
+    PROTOCOL_VERSION,
+    Channel,
+    ErrorCode,
+    Hello,
+    MessageType,
+    PeerClosed,
+    RemoteError,
+    Sender,
+    negotiate,
+)
 
 T = MessageType
 
@@ -74,7 +84,7 @@ def test_full_handover_sequence_with_fds_across_processes(successor: tuple[Chann
         hello = Hello.decode(channel.recv(10.0, expect=machine.incoming()).payload)
         machine.advance(T.HELLO)
         assert hello.pid == child.pid
-        assert negotiate(hello, state_format=1) == 1
+        assert negotiate(hello, state_format=1) == PROTOCOL_VERSION
         channel.send(T.CONFIG, b"{}", [ram, *others])
         machine.advance(T.CONFIG)
         assert channel.recv(10.0, expect=machine.incoming()).payload == b"300"
