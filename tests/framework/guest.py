@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import functools
 import subprocess
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
 MMIO_UART = "uart=mmio:0xd0000000"
+BASE_KEYS = {"seq", "cpus", "steps", "passes", "ticks", "integrity", "gap_us", "maxgap_us", "uptime_us"}
 
 
 @functools.cache
@@ -31,6 +32,7 @@ class Status:
     gap_us: int
     maxgap_us: int
     uptime_us: int
+    extra: dict[str, int] = field(default_factory=dict)  # device keys (blk_acked, net_rx, rng_bytes, ...) if present
 
     @classmethod
     def parse(cls, line: str) -> Status | None:
@@ -47,6 +49,7 @@ class Status:
             gap_us=int(fields["gap_us"]),
             maxgap_us=int(fields["maxgap_us"]),
             uptime_us=int(fields["uptime_us"]),
+            extra={key: int(value) for key, value in fields.items() if key not in BASE_KEYS},
         )
 
 
