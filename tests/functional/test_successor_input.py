@@ -38,7 +38,7 @@ from hotswap.machine.console import ConsoleFds
 from hotswap.machine.machine import Machine
 from hotswap.sockets import make_listener
 from hotswap.state import encode, pack
-from hotswap.wire import Channel, ErrorCode, Hello, MessageType, PeerClosed, WireError, decode_error
+from hotswap.wire import PROTOCOL_VERSION, Channel, ErrorCode, Hello, MessageType, PeerClosed, WireError, decode_error
 from hotswap.wire.messages import CRC, HEADER, encode_header
 
 pytestmark = pytest.mark.kvm
@@ -135,6 +135,7 @@ class OldVmm:
 
     def config_message(self, **changes: Any) -> dict[str, Any]:
         message: dict[str, Any] = {
+            "protocol": PROTOCOL_VERSION,
             "config": self.offer.config.to_dict(),
             "console_history": b"",
             "generation": 2,
@@ -236,6 +237,11 @@ def config_unknown_config_field(old: OldVmm) -> None:
     old.send_config(payload=encode(message))
 
 
+def config_unknown_protocol(old: OldVmm) -> None:
+    old.hello()
+    old.send_config(payload=encode(old.config_message(protocol=99)))
+
+
 def config_unknown_field(old: OldVmm) -> None:
     old.hello()
     old.send_config(payload=encode(old.config_message(hint="from a newer build")))
@@ -330,6 +336,7 @@ CASES = {
     "config-fd-count": Case(config_fd_count, ErrorCode.BAD_CONFIG, ("fds", "arrived")),
     "config-unknown-config-field": Case(config_unknown_config_field, ErrorCode.BAD_CONFIG, ("turbo",)),
     "config-unknown-field": Case(config_unknown_field, ErrorCode.BAD_CONFIG, ("hint",)),
+    "config-unknown-protocol": Case(config_unknown_protocol, ErrorCode.BAD_CONFIG, ("protocol 99",)),
     "state-truncated": Case(state_truncated, ErrorCode.BAD_STATE, ("length mismatch",)),
     "state-corrupted": Case(state_corrupted, ErrorCode.BAD_STATE, ("checksum",)),
     "state-bad-version": Case(

@@ -1,5 +1,5 @@
-"""Compatibility across versions: an older hotswap hands its guest to the working tree's, a stored state file of
-the first format still loads and restores, and `hotswap upgrade --all` reports on every VM.
+"""Compatibility across versions: an older hotswap hands its guest to the working tree's, the stored state file of
+every format this build reads loads and restores, and `hotswap upgrade --all` reports on every VM.
 
 An old build is installed from `git archive <commit>` into its own venv (`--system-site-packages` for cffi,
 structlog and prctl) with its version stamped `<version>+g<commit>`, so the two builds can be told apart. The old VMM
@@ -33,27 +33,33 @@ import hotswap
 from hotswap.config import MachineConfig
 from hotswap.machine.machine import Machine
 from hotswap.machine.state_tree import machine_info_from_tree, vcpu_state_from_tree, vm_state_from_tree
-from hotswap.state import FORMATS, StateSchemaError, load_file
+from hotswap.state import FORMATS, UnsupportedVersionError, load_file
 
 pytestmark = pytest.mark.kvm
 
 # The earliest commit with a working `hotswap upgrade` (`git log`: hotswap/handover/ and hotswap/upgrade_cli.py
 # arrive together here; the CLI named the command earlier, but it could not run).
 FIRST_UPGRADE_COMMIT = "02c5a7e"
-FORMAT1_FILE = REPO / "tests" / "data" / "state-format1-testguest.hsstate"
-FORMAT1_SHA256 = "06e9d14c0cf01c8e04438b6f8089070b20dface9da9e4f6d13246090775001a9"
 PACKAGES = ("kvm", "devices", "hotswap")
 MEM = "64M"
 
-FIRST_FORMAT_NOT_READ = (
-    "state format 1 changed shape without a version bump: a49da64 made vcpus[i].msrs raw bytes (it was a list of "
-    "[index, value] pairs), CURRENT_FORMAT stayed 1 and no upgrader exists, so the first format's files fail "
-    "with \"field 'vcpus[0].msrs' has type list, expected bytes\""
-)
-FIRST_BUILD_INCOMPATIBLE = (
-    "protocol 1 changed without a version bump: CONFIG gained a required 'console_history' (a49da64) and its fd "
-    "counts went from 'disks'/'taps' to 'virtio' (9a88080), and STATE's vCPU msrs became bytes; both builds "
-    "announce protocol 1 / format 1, so the successor refuses the first build's CONFIG with BAD_CONFIG"
+
+@dataclass(frozen=True)
+class Stored:
+    """A stored state file (tests/data/README.md says how each was made)."""
+
+    version: int
+    name: str
+    sha256: str
+
+    @property
+    def path(self) -> Path:
+        return REPO / "tests" / "data" / self.name
+
+
+STORED = (
+    Stored(1, "state-format1-testguest.hsstate", "06e9d14c0cf01c8e04438b6f8089070b20dface9da9e4f6d13246090775001a9"),
+    Stored(2, "state-format2-testguest.hsstate", "59a5714258d23db6ac60561f0badbcb339991adfd32105e25f59dce37e92e274"),
 )
 
 
@@ -87,7 +93,7 @@ def install(commit: str, where: Path) -> Build:
     text = pyproject.read_text()
     text, stamped = re.subn(r'^version = "([^"]+)"', rf'version = "\1+g{sha}"', text, count=1, flags=re.M)
     assert stamped == 1, f"{sha}: no version in pyproject.toml"
-    # Builds up to now list only the top-level packages (see test_a_plain_install_has_every_module): install
+    # Builds before 0dde158 list only the top-level packages (see test_a_plain_install_has_every_module): install
     # every subpackage, or the old VMM would quietly import the working tree's through the editable install.
     text = text.replace(
         'packages = ["kvm", "devices", "hotswap"]\n',
@@ -164,11 +170,7 @@ def start_with(build: Build, vm: GuestVm, kernel: Path, cpus: int, outside: Path
 @pytest.mark.parametrize(
     "commit",
     [
-        pytest.param(
-            FIRST_UPGRADE_COMMIT,
-            id="first-upgrade-build",
-            marks=pytest.mark.xfail(strict=True, raises=UpgradeRefused, reason=FIRST_BUILD_INCOMPATIBLE),
-        ),
+        pytest.param(FIRST_UPGRADE_COMMIT, id="first-upgrade-build"),
         pytest.param("HEAD", id="last-commit"),
     ],
 )
@@ -203,13 +205,6 @@ def test_an_old_vmm_hands_its_guest_to_the_working_tree(
     assert_continues(vm, seen)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=NotInWheel,
-    reason="pyproject.toml [tool.setuptools] packages = ['kvm', 'devices', 'hotswap'] lists only the top-level "
-    "packages, so a wheel or `pip install .` lacks hotswap.machine, .handover, .state, .wire, .api, .boot and "
-    "devices.virtio (fix: [tool.setuptools.packages.find] include = ['kvm*', 'devices*', 'hotswap*'])",
-)
 def test_a_plain_install_has_every_module(tmp_path: Path) -> None:
     """What an apt hook or a release installs is a wheel, not the editable checkout the tests run from."""
     source = tmp_path / "src"
@@ -237,27 +232,48 @@ def test_a_plain_install_has_every_module(tmp_path: Path) -> None:
         raise NotInWheel(f"{len(missing)} of {len(wanted)} modules are not in the wheel, e.g. {missing[:6]}")
 
 
-# -- the stored state file of format 1 -----------------------------------------------------------------------------
-def test_the_format1_file_is_the_stored_one() -> None:
-    """Never regenerated (tests/data/README.md): a new format gets a new file."""
-    blob = FORMAT1_FILE.read_bytes()
-    assert hashlib.sha256(blob).hexdigest() == FORMAT1_SHA256
-    assert blob[:8] == b"HSVMSTAT" and int.from_bytes(blob[8:10], "little") == 1
+# -- the stored state files, one per format ------------------------------------------------------------------------
+def stored_params() -> list[object]:
+    return [pytest.param(stored, id=f"format{stored.version}") for stored in STORED]
 
 
-def test_the_current_build_loads_the_format1_file() -> None:
-    assert 1 in FORMATS.readable, "this build no longer reads format 1: check that its refusal names the formats"
-    loaded = load_file(FORMAT1_FILE)
-    assert loaded.version == 1
+def test_every_format_this_build_reads_has_a_stored_file() -> None:
+    """Adding format N means storing a file written by the build that writes N (tests/data/README.md)."""
+    assert FORMATS.readable <= {stored.version for stored in STORED}
+
+
+@pytest.mark.parametrize("stored", stored_params())
+def test_the_stored_file_is_unchanged(stored: Stored) -> None:
+    """Never regenerated: a new format gets a new file."""
+    blob = stored.path.read_bytes()
+    assert hashlib.sha256(blob).hexdigest() == stored.sha256
+    assert blob[:8] == b"HSVMSTAT" and int.from_bytes(blob[8:10], "little") == stored.version
+
+
+@pytest.mark.parametrize("stored", stored_params())
+def test_the_current_build_loads_the_stored_file(stored: Stored) -> None:
+    if stored.version not in FORMATS.readable:  # N-2 and older: refused, saying what this build reads
+        with pytest.raises(UnsupportedVersionError, match=r"format version \d+ is not supported \(this build reads"):
+            load_file(stored.path)
+        return
+    loaded = load_file(stored.path)
+    assert loaded.version == stored.version
     tree: dict[str, Any] = loaded.tree
     config = MachineConfig.from_dict(tree["machine"]["config"])
     assert (config.cpus, config.mem_size, len(tree["vcpus"])) == (2, 64 * 1024 * 1024, 2)
     assert b"hsg: status seq=" in tree["devices"]["console"]["state"]["history"]
 
 
-@pytest.mark.xfail(strict=True, raises=StateSchemaError, reason=FIRST_FORMAT_NOT_READ)
-def test_every_part_of_the_format1_file_parses() -> None:
-    tree: dict[str, Any] = load_file(FORMAT1_FILE).tree
+def readable_tree(stored: Stored) -> dict[str, Any]:
+    if stored.version not in FORMATS.readable:
+        pytest.skip(f"this build no longer reads format {stored.version}")
+    tree: dict[str, Any] = load_file(stored.path).tree
+    return tree
+
+
+@pytest.mark.parametrize("stored", stored_params())
+def test_every_part_of_the_stored_file_parses(stored: Stored) -> None:
+    tree = readable_tree(stored)
     config, generation, _booted = machine_info_from_tree(tree["machine"])
     MachineConfig.from_dict(config)
     assert generation == 1
@@ -267,34 +283,42 @@ def test_every_part_of_the_format1_file_parses() -> None:
 
 
 @pytest.fixture
-def format1_machine(guest_elf: Path, tmp_path: Path) -> Iterator[tuple[Machine, dict[str, Any]]]:
-    """A fresh machine built from the stored file's config, with today's test guest and fresh host paths."""
-    tree: dict[str, Any] = load_file(FORMAT1_FILE).tree
-    stored = MachineConfig.from_dict(tree["machine"]["config"])
-    config = replace(
-        stored,
-        kernel=str(guest_elf),
-        console_log=str(tmp_path / "console.log"),
-        api_socket=str(tmp_path / "api.sock"),
-        console_socket=str(tmp_path / "console.sock"),
-    )
-    config.validate()
-    tree["machine"]["config"] = config.to_dict()
-    machine = Machine.create(config)
+def fresh_machine(guest_elf: Path, tmp_path: Path) -> Iterator[Callable[[dict[str, Any]], Machine]]:
+    """A fresh machine built from a stored tree's config, with today's test guest and fresh host paths (the tree's
+    config is changed to match)."""
+    made: list[Machine] = []
+
+    def build(tree: dict[str, Any]) -> Machine:
+        config = replace(
+            MachineConfig.from_dict(tree["machine"]["config"]),
+            kernel=str(guest_elf),
+            console_log=str(tmp_path / "console.log"),
+            api_socket=str(tmp_path / "api.sock"),
+            console_socket=str(tmp_path / "console.sock"),
+        )
+        config.validate()
+        tree["machine"]["config"] = config.to_dict()
+        made.append(Machine.create(config))
+        return made[-1]
+
     try:
-        yield machine, tree
+        yield build
     finally:
-        machine.console.close(unlink=config.console_socket)
-        machine.shutdown()
+        for machine in made:
+            machine.console.close(unlink=machine.config.console_socket)
+            machine.shutdown()
 
 
-@pytest.mark.xfail(strict=True, raises=StateSchemaError, reason=FIRST_FORMAT_NOT_READ)
-def test_the_format1_file_restores_into_a_fresh_machine(format1_machine: tuple[Machine, dict[str, Any]]) -> None:
+@pytest.mark.parametrize("stored", stored_params())
+def test_the_stored_file_restores_into_a_fresh_machine(
+    stored: Stored, fresh_machine: Callable[[dict[str, Any]], Machine]
+) -> None:
     """Every vCPU, VM and device ioctl accepts the stored state (the guest is not run: its RAM is not stored)."""
-    machine, tree = format1_machine
+    tree = readable_tree(stored)
+    machine = fresh_machine(tree)
     machine.restore_state(tree)
     for thread, saved in zip(machine.vcpu_threads, tree["vcpus"], strict=True):
-        assert thread.vcpu.get_regs().rip == int.from_bytes(saved["regs"][128:136], "little")
+        assert thread.vcpu.get_regs().rip == int.from_bytes(saved["regs"][128:136], "little")  # kvm_regs.rip
 
 
 # -- hotswap upgrade --all ---------------------------------------------------------------------------------------

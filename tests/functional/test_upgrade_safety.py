@@ -47,7 +47,7 @@ pytestmark = pytest.mark.kvm
 
 FULL_MATRIX = os.environ.get("HOTSWAP_UPGRADE_MATRIX") == "full"
 MEM = "64M"
-HANG_TIMEOUT = "6"  # `hotswap upgrade --timeout` where the successor hangs before READY (it starts in ~1-3 s)
+HANG_TIMEOUT = "8"  # `hotswap upgrade --timeout` where the successor hangs before READY (it starts in 1-3 s)
 OLD_VMM_EXIT = 10.0  # a VMM whose upgrade committed waits up to 5 s for its API reply before it exits
 
 
