@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import socket
+import stat
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 
@@ -94,3 +98,66 @@ def test_guest_reset_ends_the_vmm_with_status_0(run_dir: Path, guest_elf: Path) 
     assert result.returncode == 0, result.stderr
     assert len(statuses(result.stdout)) == 3 and "hsg: exit" in result.stdout
     assert "reset" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_console_command_shows_the_guest_output(vm: GuestVm, guest_elf: Path) -> None:
+    vm.start(guest_elf, guest_cmdline(status_ms=50))
+    vm.wait_statuses(2)
+    attached = subprocess.Popen(
+        [*HOTSWAP, "console", vm.name],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        env={**os.environ, **vm.env},
+    )
+    try:
+        assert attached.stdout is not None
+        seen = b""
+        deadline = time.monotonic() + 10
+        while seen.count(b"hsg: status") < 5 and time.monotonic() < deadline:
+            seen += os.read(attached.stdout.fileno(), 65536)
+        assert b"hsg: boot" in seen  # the history a new client is shown first
+        assert seen.count(b"hsg: status") >= 5  # then the live output
+        vm.cli("stop", vm.name)
+        assert attached.wait(10) == 0  # the VM stopped: the console ends
+    finally:
+        if attached.poll() is None:
+            attached.kill()
+            attached.wait()
+
+
+def test_api_socket_is_private_to_its_user(vm: GuestVm, guest_elf: Path) -> None:
+    # A directory anyone may enter (the run directory itself is 0700), so only the socket guards itself.
+    public = Path(tempfile.mkdtemp(prefix="hotswap-api-", dir="/tmp"))
+    public.chmod(0o755)
+    socket_path = public / "api.sock"
+    try:
+        vm.start(guest_elf, guest_cmdline(), 1, "256M", "--api-sock", str(socket_path))
+        assert stat.S_IMODE(socket_path.stat().st_mode) == 0o600
+        # A client of another uid, even one the file mode would let in, is refused by SO_PEERCRED.
+        os.chmod(socket_path, 0o666)
+        _assert_refused_for_nobody(socket_path)
+        assert vm.info()["state"] == "running"
+    finally:
+        vm.kill()
+        shutil.rmtree(public, ignore_errors=True)
+
+
+def _assert_refused_for_nobody(socket_path: Path) -> None:
+    child = os.fork()
+    if child == 0:  # the child turns into uid 65534 (nobody) and asks for /vm
+        try:
+            os.setgid(65534)
+            os.setuid(65534)
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+                sock.settimeout(10)
+                sock.connect(str(socket_path))
+                try:
+                    sock.sendall(b"GET /vm HTTP/1.1\r\n\r\n")
+                    answer = sock.recv(4096)
+                except (ConnectionResetError, BrokenPipeError):
+                    answer = b""  # closed on us with the request unread
+            os._exit(0 if answer == b"" else 1)
+        except BaseException:
+            os._exit(2)  # could not even connect: the test would prove nothing
+    _, status = os.waitpid(child, 0)
+    assert os.waitstatus_to_exitcode(status) == 0, "another uid got an answer (or could not connect)"
