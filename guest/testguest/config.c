@@ -1,8 +1,10 @@
 #include "config.h"
 
 #include "cmdline.h"
+#include "iobench.h"
 #include "print.h"
 #include "uart.h"
+#include "virtq.h"
 
 #define MAX_WARNINGS 16
 
@@ -56,6 +58,18 @@ static void get_uart(const char *cmdline, u64 *mmio)
 	}
 }
 
+static void get_iobench(const char *cmdline, u32 *kind)
+{
+	const char *value;
+	usize len;
+	if (!cmdline_find(cmdline, "iobench", &value, &len))
+		return;
+	if (len == 3 && memcmp(value, "off", 3) == 0)
+		*kind = IOBENCH_OFF;
+	else if (!iobench_kind_parse(value, len, kind))
+		warn("iobench");
+}
+
 void config_parse(struct config *c, const char *cmdline)
 {
 	c->ws_bytes = 16UL << 20;
@@ -84,6 +98,16 @@ void config_parse(struct config *c, const char *cmdline)
 	get_u32(cmdline, "blk_rate", 1000000, &c->blk_rate);
 	get_u32(cmdline, "net", 1, &c->net);
 	get_u32(cmdline, "rng", 1, &c->rng);
+	c->iobench = IOBENCH_OFF;
+	c->iobench_secs = 0;
+	c->iobench_depth = 0;
+	c->iobench_bs = 0;
+	c->iobench_frame = 0;
+	get_iobench(cmdline, &c->iobench);
+	get_u32(cmdline, "iobench_secs", 3600, &c->iobench_secs);
+	get_u32(cmdline, "iobench_depth", VIRTQ_MAX_SIZE, &c->iobench_depth);
+	get_u64(cmdline, "iobench_bs", true, 2UL << 20, &c->iobench_bs);
+	get_u32(cmdline, "iobench_frame", IOBENCH_MAX_FRAME, &c->iobench_frame);
 }
 
 void config_print_warnings(void)

@@ -18,6 +18,11 @@ struct config {
 	u32 blk_rate;      /* blk_rate=N: journal writes per second, 0 = as fast as the device goes */
 	u32 net;           /* net=0 disables the virtio-net driver */
 	u32 rng;           /* rng=0 disables the virtio-rng driver */
+	u32 iobench;       /* iobench=<kind>: the I/O benchmark mode (enum iobench_kind), 0 = off */
+	u32 iobench_secs;  /* iobench_secs=N: run length in seconds, 0 = the default */
+	u32 iobench_depth; /* iobench_depth=N: requests (frames) in flight, 0 = the default */
+	u64 iobench_bs;    /* iobench_bs=SIZE: blk request size, 0 = 64 KiB sequential / 4 KiB random */
+	u32 iobench_frame; /* iobench_frame=N: net frame size in bytes (Ethernet header on, no FCS), 0 = 1514 */
 };
 
 /* Fills `config` from the command line; prints a warning line for each value it cannot parse. */

@@ -2,6 +2,7 @@
  * here with iretq). All setup that ring 3 can do happens here, at native speed. */
 #include "config.h"
 #include "io.h"
+#include "iobench.h"
 #include "lapic.h"
 #include "memmap.h"
 #include "microbench.h"
@@ -159,6 +160,8 @@ NORETURN void bsp_main(u32 index)
 		.timer_hz = config.timer_hz,
 	};
 	status_print_boot(&report);
+	if (config.iobench) /* the I/O benchmark replaces the workload and the status lines; it ends in a reset */
+		iobench_run(cmdline, &config, tsc_khz);
 	vdev_setup(cmdline, &config, tsc_khz);
 	if (config.microbench) {
 		microbench_run(tsc_khz, config.uart_mmio);
