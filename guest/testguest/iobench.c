@@ -12,6 +12,7 @@
 #define S_OK 0
 #define STATUS_PENDING 0xFF
 #define BLK_DESCS 3 /* request k owns descriptors 3k..3k+2: header, data, status */
+#define F_FLUSH 9
 #define F_MAC 5
 #define NET_HDR 12  /* virtio_net_hdr with num_buffers (VERSION_1) */
 #define NET_BUFFER 2048
@@ -160,7 +161,9 @@ static u64 blk_rng = 0x9E3779B97F4A7C15UL;
 
 static void blk_setup(struct virtio_mmio_dev *dev, u32 secs)
 {
-	const char *error = virtio_mmio_negotiate(dev, FEATURE(VIRTIO_F_EVENT_IDX));
+	/* FLUSH is negotiated though never sent: a driver without it must assume a write-through device, and QEMU then
+	 * syncs every write (Linux negotiates it too, and flushes only when asked to). */
+	const char *error = virtio_mmio_negotiate(dev, FEATURE(VIRTIO_F_EVENT_IDX) | FEATURE(F_FLUSH));
 	if (!error)
 		error = virtio_mmio_setup_queue(dev, 0, &main_q, VIRTQ_MAX_SIZE);
 	if (error)
