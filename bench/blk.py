@@ -11,8 +11,10 @@ cache, written and fsynced before the first run:
                   preadv/pwritev by the event-loop thread, one at a time
     QEMU          microvm, `-drive ...,cache=writeback,aio=threads -device virtio-blk-device`: QEMU's default, the host
                   page cache too, requests served by a thread pool
-    host O_DIRECT fio with direct=1 (the host's virtual disk itself, no page cache): a reference only, neither VMM
-                  uses O_DIRECT here
+    host O_DIRECT fio with direct=1 on a second image of the same size (the host's virtual disk itself, no page
+                  cache): a reference only, neither VMM uses O_DIRECT here. A second file because O_DIRECT writes
+                  drop the written range from the page cache, which would send the next reads of the measured
+                  image to the disk
 
 No FLUSH is sent in the write patterns (the guest's writes end in the page cache, as fio's do).
 """
@@ -137,6 +139,18 @@ def host_python(image: Path, pattern: Pattern, secs: int) -> Measurement:
     return Measurement(ops / elapsed, ops * pattern.bs / elapsed)
 
 
+def resident_percent(path: Path) -> float | None:
+    """How much of the file is in the page cache (util-linux fincore), or None if that cannot be told."""
+    try:
+        out = subprocess.run(
+            ["fincore", "--bytes", "--noheadings", "--output", "RES", str(path)],
+            check=True, capture_output=True, text=True, timeout=30,
+        ).stdout  # fmt: skip
+        return 100 * int(out.split()[0]) / path.stat().st_size
+    except (OSError, subprocess.SubprocessError, ValueError, IndexError):
+        return None
+
+
 def make_image(path: Path, size: int) -> None:
     """Random bytes (no holes, nothing compressible), fsynced: the page cache then holds clean pages."""
     chunk = os.urandom(MIB)
@@ -212,12 +226,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     kernel = guest_image()
     workdir = Path(tempfile.mkdtemp(prefix="hotswap-bench-blk-", dir=args.dir))
     image = workdir / "disk.img"
+    direct_image = workdir / "direct.img"
     use_fio = fio_available()
     tsc_khz = 0
+    resident_before = resident_after = None
     sides = ["host", "hotswap", "QEMU"] + ([] if args.no_direct or not use_fio else ["host O_DIRECT"])
     series = {(p.name, side): Series(side) for p in args.patterns for side in sides}
     try:
         make_image(image, args.size * MIB)
+        if "host O_DIRECT" in sides:
+            make_image(direct_image, args.size * MIB)
+        resident_before = resident_percent(image)
         with Fleet(workdir) as fleet:
             qemu = QemuRunner(fleet)
             hotswap_disk = ["--disk", str(image)]
@@ -233,21 +252,23 @@ def main(argv: Sequence[str] | None = None) -> int:
                         host.values.append(host_fio(image, p, args.secs, direct=False))
                     else:
                         host.values.append(host_python(image, p, args.secs))
-                    cmd = guest_cmdline(p.guest_kind, args.secs, args.depth, "mmio", tsc_khz)
-                    try:
-                        run = run_hotswap(kernel, cmd, hotswap_disk, workdir, f"{p.name}-{rnd}", args.secs)
-                        guest_run(f"hotswap {p.name} run {rnd + 1}", run, series[(p.name, "hotswap")])
-                    except BenchError as exc:
-                        series[(p.name, "hotswap")].failures.append(f"{p.name} run {rnd + 1}: {exc}")
-                    cmd = guest_cmdline(p.guest_kind, args.secs, args.depth, "port", tsc_khz)
-                    try:
-                        run = qemu.run(kernel, cmd, qemu_blk_args(image), args.secs)
-                        guest_run(f"QEMU {p.name} run {rnd + 1}", run, series[(p.name, "QEMU")])
-                    except BenchError as exc:
-                        series[(p.name, "QEMU")].failures.append(f"{p.name} run {rnd + 1}: {exc}")
+                    # The two VMMs swap places every round, so neither always runs right after the host's pass.
+                    for side in ("hotswap", "QEMU") if rnd % 2 == 0 else ("QEMU", "hotswap"):
+                        try:
+                            if side == "hotswap":
+                                cmd = guest_cmdline(p.guest_kind, args.secs, args.depth, "mmio", tsc_khz)
+                                run = run_hotswap(kernel, cmd, hotswap_disk, workdir, f"{p.name}-{rnd}", args.secs)
+                            else:
+                                cmd = guest_cmdline(p.guest_kind, args.secs, args.depth, "port", tsc_khz)
+                                run = qemu.run(kernel, cmd, qemu_blk_args(image), args.secs)
+                            guest_run(f"{p.name} run {rnd + 1}", run, series[(p.name, side)])
+                        except BenchError as exc:
+                            series[(p.name, side)].failures.append(f"{p.name} run {rnd + 1}: {exc}")
                     if "host O_DIRECT" in sides:
-                        series[(p.name, "host O_DIRECT")].values.append(host_fio(image, p, args.secs, direct=True))
+                        direct = host_fio(direct_image, p, args.secs, direct=True)
+                        series[(p.name, "host O_DIRECT")].values.append(direct)
                 print(f"round {rnd + 1}/{args.runs} done", file=sys.stderr, flush=True)
+        resident_after = resident_percent(image)
     except BenchError as exc:
         print(f"bench.blk: {exc}", file=sys.stderr)
         return 1
@@ -291,12 +312,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         "used ring and notifies through QueueNotify only when the device's avail_event asks (EVENT_IDX); timed by the "
         "guest's TSC from the first submission to the last completion; sequential patterns use 64 KiB requests, "
         "random ones 4 KiB at uniformly random aligned offsets",
-        f"interleaved per pattern: {', '.join(sides)}; {args.runs} rounds; one warm-up run of each VMM first (not "
-        "counted)",
+        f"interleaved per pattern: {', '.join(sides)} (hotswap and QEMU swap places every other round); "
+        f"{args.runs} rounds; one warm-up run of each VMM first (not counted)",
         f"host: {host_tool}; hotswap: image opened without O_DIRECT (page cache), requests served synchronously "
         f"by its Python event-loop thread; QEMU: {qemu_version()}, microvm, cache=writeback aio=threads (its "
         "defaults: page cache too, a thread pool); host O_DIRECT = the host's own virtual disk, reference only",
         f"queue notifications per request (guest-counted): hotswap {notify['hotswap']}, QEMU {notify['QEMU']}",
+        f"image resident in the host page cache (fincore): {fmt(resident_before, 1)}% before the first run, "
+        f"{fmt(resident_after, 1)}% after the last",
         "nested virtualization (kvm_pvm): the guest's ring-3 code runs natively and drives the devices by MMIO "
         "stores that exit to the VMM; hotswap's device model is Python on an event-loop thread; the hotswap and "
         "QEMU vCPU threads each spin at 100% while the guest polls, on a 2-CPU host",
