@@ -29,6 +29,7 @@ from hotswap.config import MachineConfig
 from hotswap.errors import ApiError, UpgradeError
 from hotswap.handover.faults import fault_point
 from hotswap.handover.layout import HandoverFds, virtio_fds_for
+from hotswap.handover.sender import successor_command
 from hotswap.machine.machine import Machine, RunState
 from hotswap.machine.virtio import virtio_specs
 from hotswap.state import FORMATS, check_fields, decode, encode, get_field, pack, unpack
@@ -59,14 +60,6 @@ def now_ns() -> int:
     return time.clock_gettime_ns(time.CLOCK_MONOTONIC)
 
 
-def exec_argv(executable: str | None) -> list[str]:
-    if executable is None:
-        return [sys.executable, "-m", "hotswap"]
-    if not (os.path.isfile(executable) and os.access(executable, os.X_OK)):
-        raise ApiError(f"--exec {executable}: not an executable file", 400)
-    return [executable]
-
-
 def probe(argv: list[str], timeout: float) -> dict[str, Any]:
     """Ask the target which protocol and state formats it speaks, before anything is paused."""
     try:
@@ -95,7 +88,7 @@ def exec_over(vmm: Vmm, action: Upgrade) -> NoReturn:
     machine = vmm.machine
     if machine.state is not RunState.RUNNING:
         raise ApiError(f"cannot upgrade: the VM is {machine.state.value} (resume it first)", 409)
-    argv = exec_argv(action.executable)
+    argv = successor_command(action.executable)
     probe(argv, action.timeout)
     connection = current_connection()
     fds = HandoverFds(
