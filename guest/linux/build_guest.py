@@ -6,10 +6,16 @@
 Outputs, in $HOTSWAP_CACHE (default <repo>/.cache/linux):
     bzImage            the kernel package's vmlinuz (64-bit boot protocol entry)
     vmlinux            the uncompressed ELF inside it (PVH entry note checked)
-    initramfs.cpio.gz  busybox, /init and the self-test (see guest/linux/init)
+    initramfs.cpio.gz  busybox, /init, the self-tests, and the kernel's virtio modules (see guest/linux/init)
+
+The virtio modules (virtio_mmio, virtio_blk, virtio_net, virtio_rng and what they need; ext4 when it is not built
+in) come from the kernel package. When its virtio_mmio cannot take `device=` (Debian: no
+CONFIG_VIRTIO_MMIO_CMDLINE_DEVICES), the helper module in virtio_mmio_cmdline/ is compiled against the kernel's
+Debian headers (unpacked into kbuild/, not installed) and goes in too.
 
 Idempotent: downloaded packages are kept in debs/, and an output is rebuilt only when it is missing or older than
-its inputs (or with --force). Needs apt-get, apt-cache, dpkg-deb, cpio, and lz4/zstd for kernels compressed so.
+its inputs (or with --force). Needs apt-get, apt-cache, dpkg-deb, cpio, lz4/zstd for kernels compressed so, and
+make, strip and the kernel's compiler (gcc-12 for Debian 12) for the helper module.
 """
 
 from __future__ import annotations
@@ -33,10 +39,18 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from kernel_modules import ModuleError, ModuleSet, parameters, select_modules
+from mmio_helper import MODULE_NAME as HELPER_NAME
+from mmio_helper import HelperBuildError, build_helper, header_packages, unpack_headers
+
 REPO = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
 KERNEL_METAPACKAGE = "linux-image-cloud-amd64"
 BUSYBOX_PACKAGE = "busybox-static"
+# Kernel modules the virtio test needs; ext4 is built into Debian's kernel, and then needs nothing.
+GUEST_MODULES = ("virtio_mmio", "virtio_blk", "virtio_net", "virtio_rng", "ext4")
+# The scripts /init runs, and where they go in the archive.
+GUEST_SCRIPTS = {"init": "init", "hotswap-test": "etc/hotswap-test", "hotswap-virtio": "etc/hotswap-virtio"}
 
 # Compressed-payload magics, in the order extract-vmlinux tries them (the kernel's own tool).
 PAYLOAD_MAGICS: tuple[tuple[str, bytes], ...] = (
@@ -98,31 +112,45 @@ def resolve_kernel_package() -> str:
     return match.group(1)
 
 
-def download(package: str, debs: Path) -> Path:
-    """The package's .deb in `debs`, downloaded with apt-get unless already there."""
+def download(package: str, debs: Path, version: str | None = None) -> Path:
+    """The package's .deb in `debs` (of `version`, when given), downloaded with apt-get unless already there."""
     debs.mkdir(parents=True, exist_ok=True)
-    found = sorted(debs.glob(f"{package}_*.deb"))
+    pattern = f"{package}_{version.replace(':', '%3a')}_*.deb" if version else f"{package}_*.deb"
+    found = sorted(debs.glob(pattern))
     if found:
         say(f"have {found[-1].name}")
         return found[-1]
-    say(f"apt-get download {package}")
-    run(["apt-get", "download", package], cwd=debs)
-    found = sorted(debs.glob(f"{package}_*.deb"))
+    say(f"apt-get download {package}{f'={version}' if version else ''}")
+    run(["apt-get", "download", f"{package}={version}" if version else package], cwd=debs)
+    found = sorted(debs.glob(pattern))
     if not found:
         raise GuestBuildError(f"apt-get download {package} produced no .deb in {debs}")
     return found[-1]
 
 
+def deb_version(deb: Path) -> str:
+    return run(["dpkg-deb", "--field", str(deb), "Version"]).decode().strip()
+
+
+def open_deb(deb: Path) -> tarfile.TarFile:
+    """The package's data as a (seekable) tar archive, via dpkg-deb."""
+    return tarfile.open(fileobj=io.BytesIO(run(["dpkg-deb", "--fsys-tarfile", str(deb)])))
+
+
+def tar_member(tar: tarfile.TarFile, pattern: str, what: str) -> tuple[str, bytes]:
+    """(name, bytes) of the first file in the archive whose path matches `pattern`."""
+    for member in tar:
+        if member.isfile() and re.fullmatch(pattern, member.name.removeprefix("./")):
+            handle = tar.extractfile(member)
+            if handle is not None:
+                return member.name, handle.read()
+    raise GuestBuildError(f"{what} has no file matching {pattern}")
+
+
 def deb_member(deb: Path, pattern: str) -> tuple[str, bytes]:
     """(name, bytes) of the first file in the package whose path matches `pattern` (via dpkg-deb)."""
-    tar_bytes = run(["dpkg-deb", "--fsys-tarfile", str(deb)])
-    with tarfile.open(fileobj=io.BytesIO(tar_bytes)) as tar:
-        for member in tar:
-            if member.isfile() and re.fullmatch(pattern, member.name.removeprefix("./")):
-                handle = tar.extractfile(member)
-                if handle is not None:
-                    return member.name, handle.read()
-    raise GuestBuildError(f"{deb.name} has no file matching {pattern}")
+    with open_deb(deb) as tar:
+        return tar_member(tar, pattern, deb.name)
 
 
 # --- vmlinux from bzImage -------------------------------------------------------------------------------
@@ -202,13 +230,84 @@ def kernel_release(image: bytes) -> str:
     return image[pointer : image.index(b"\0", pointer)].decode(errors="replace")
 
 
+# --- kernel modules -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class GuestModules:
+    """The modules for the initramfs, and which of them takes the virtio_mmio.device= entries as device=."""
+
+    modules: ModuleSet
+    devices_to: str | None  # virtio_mmio, the helper, or None (a built-in driver reads the command line itself)
+
+    @property
+    def needs_helper(self) -> bool:
+        return self.devices_to == HELPER_NAME
+
+
+def guest_modules(kernel_deb: Path) -> GuestModules:
+    with open_deb(kernel_deb) as tar:
+        try:
+            modules = select_modules(tar, GUEST_MODULES)
+        except ModuleError as exc:
+            raise GuestBuildError(f"{kernel_deb.name}: {exc}") from None
+        if "virtio_mmio" in modules.builtin:
+            _, config = tar_member(tar, r"boot/config-.*", kernel_deb.name)
+            reads_cmdline = re.search(rb"^CONFIG_VIRTIO_MMIO_CMDLINE_DEVICES=y$", config, re.M) is not None
+            devices_to = None if reads_cmdline else HELPER_NAME
+        else:
+            takes_devices = "device" in parameters(modules.infos["virtio_mmio"])
+            devices_to = "virtio_mmio" if takes_devices else HELPER_NAME
+    built_in = sorted(set(GUEST_MODULES) & modules.builtin)
+    say(
+        f"modules for {modules.release}: {', '.join(modules.order)}"
+        + (f"; built in: {', '.join(built_in)}" if built_in else "")
+        + f"; virtio_mmio.device= entries go to {devices_to or 'the built-in driver'}"
+    )
+    return GuestModules(modules, devices_to)
+
+
+def helper_module(cache: Path, release: str, version: str, sources: Sequence[Path], force: bool) -> Path:
+    """virtio_mmio_cmdline.ko for this kernel, built from its Debian headers unless up to date."""
+    output = cache / f"{HELPER_NAME}-{release}.ko"
+    debs = cache / "debs"
+
+    def apt_depends(package: str) -> str:
+        return run(["apt-cache", "depends", package]).decode()
+
+    try:
+        packages = header_packages(release, apt_depends)
+    except HelperBuildError as exc:
+        raise GuestBuildError(str(exc)) from None
+    header_debs = [download(package, debs, version) for package in packages]
+    if force or not is_fresh(output, [*header_debs, *sources, HERE / "mmio_helper.py"]):
+        say(f"building {HELPER_NAME}.ko against {packages[0]}")
+        try:
+            build_dir = unpack_headers(header_debs, cache / "kbuild" / release)
+            build_helper(build_dir, cache / "kbuild" / f"{HELPER_NAME}-build", output)
+        except HelperBuildError as exc:
+            raise GuestBuildError(f"{HELPER_NAME}: {exc}") from None
+    return output
+
+
+def load_list(modules: GuestModules, helper: bool) -> str:
+    """hotswap.load: one module path per line in load order; `devices` marks the one /init passes device= to."""
+    lines = [
+        f"{modules.modules.paths[name]}{' devices' if name == modules.devices_to else ''}"
+        for name in modules.modules.order
+    ]
+    if helper:
+        lines.append(f"extra/{HELPER_NAME}.ko devices")
+    return "".join(f"{line}\n" for line in lines)
+
+
 # --- initramfs ------------------------------------------------------------------------------------------
 
 
-def build_initramfs(busybox: bytes, output: Path) -> None:
+def build_initramfs(busybox: bytes, modules: GuestModules, helper: bytes | None, output: Path) -> None:
     with tempfile.TemporaryDirectory(prefix="hotswap-initramfs-") as tmp:
         root = Path(tmp)
-        for directory in ("bin", "sbin", "usr/bin", "usr/sbin", "dev", "proc", "sys", "tmp", "etc", "root"):
+        for directory in ("bin", "sbin", "usr/bin", "usr/sbin", "dev", "proc", "sys", "tmp", "etc", "root", "mnt"):
             (root / directory).mkdir(parents=True, exist_ok=True)
         (root / "bin/busybox").write_bytes(busybox)
         (root / "bin/busybox").chmod(0o755)
@@ -218,10 +317,21 @@ def build_initramfs(busybox: bytes, output: Path) -> None:
             if not link.exists():
                 link.parent.mkdir(parents=True, exist_ok=True)
                 link.symlink_to("/bin/busybox")
-        shutil.copy(HERE / "init", root / "init")
-        shutil.copy(HERE / "hotswap-test", root / "etc/hotswap-test")
-        for script in (root / "init", root / "etc/hotswap-test"):
-            script.chmod(0o755)
+        for source, target in GUEST_SCRIPTS.items():
+            shutil.copy(HERE / source, root / target)
+            (root / target).chmod(0o755)
+        module_dir = root / "lib/modules" / modules.modules.release
+        for name in modules.modules.order:
+            path = module_dir / modules.modules.paths[name]
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(modules.modules.images[name])
+        dep = modules.modules.modules_dep()
+        if helper is not None:
+            (module_dir / "extra").mkdir(parents=True, exist_ok=True)
+            (module_dir / "extra" / f"{HELPER_NAME}.ko").write_bytes(helper)
+            dep += f"extra/{HELPER_NAME}.ko:\n"
+        (module_dir / "modules.dep").write_text(dep)
+        (module_dir / "hotswap.load").write_text(load_list(modules, helper is not None))
         if os.geteuid() == 0:
             os.mknod(root / "dev/console", 0o600 | stat.S_IFCHR, os.makedev(5, 1))
         else:
@@ -235,7 +345,8 @@ def build_initramfs(busybox: bytes, output: Path) -> None:
             cwd=root,
             stdin="".join(f"{name}\n" for name in [".", *names]).encode(),
         )
-    say(f"initramfs: busybox with {len(applets)} applets, {len(archive)} bytes of cpio")
+    count = len(modules.modules.order) + (helper is not None)
+    say(f"initramfs: busybox with {len(applets)} applets, {count} modules, {len(archive)} bytes of cpio")
     write_atomically(output, gzip.compress(archive, compresslevel=9, mtime=0))
 
 
@@ -259,10 +370,16 @@ def build(cache: Path, force: bool) -> list[Path]:
         write_atomically(vmlinux, extract_vmlinux(image))
     say(f"vmlinux has a PVH entry at {check_pvh(vmlinux):#x}")
 
-    inputs = [busybox_deb, HERE / "init", HERE / "hotswap-test", Path(__file__).resolve()]
-    if force or not is_fresh(initramfs, inputs):
+    helper_sources = sorted(p for p in (HERE / "virtio_mmio_cmdline").iterdir() if p.is_file())
+    code = [Path(__file__).resolve(), HERE / "kernel_modules.py", HERE / "mmio_helper.py"]
+    scripts = [HERE / source for source in GUEST_SCRIPTS]
+    if force or not is_fresh(initramfs, [busybox_deb, kernel_deb, *scripts, *code, *helper_sources]):
+        modules = guest_modules(kernel_deb)
+        helper = None
+        if modules.needs_helper:
+            helper = helper_module(cache, modules.modules.release, deb_version(kernel_deb), helper_sources, force)
         _, busybox = deb_member(busybox_deb, r"bin/busybox")
-        build_initramfs(busybox, initramfs)
+        build_initramfs(busybox, modules, helper.read_bytes() if helper else None, initramfs)
     return [vmlinux, bzimage, initramfs]
 
 
