@@ -8,6 +8,7 @@ and linux-kbuild), unpacked into the cache rather than installed, so the build n
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
@@ -59,8 +60,8 @@ def compiler(build_dir: Path) -> str:
 
 
 def build_helper(build_dir: Path, work: Path, output: Path) -> None:
-    """Compile the helper module with the unpacked headers in `work` (emptied first; a fixed path, since the module's
-    build id depends on it) and write it, debug info stripped, to `output`."""
+    """Compile the helper module with the unpacked headers in `work` (emptied first) and write it, debug info
+    stripped, to `output`."""
     cc = compiler(build_dir)
     if shutil.which(cc) is None:
         raise HelperBuildError(f"the kernel headers build with {cc}, which is not installed (apt-get install {cc})")
@@ -71,7 +72,11 @@ def build_helper(build_dir: Path, work: Path, output: Path) -> None:
         raise HelperBuildError(f"no common linux-headers Makefile next to {build_dir}")
     shutil.rmtree(work, ignore_errors=True)
     shutil.copytree(SOURCE, work)
-    run(["make", "-s", "-C", str(build_dir), "-f", str(common[0]), f"M={work}", "modules"])
+    # Paths in the debug info feed the module's build id: map the cache's location away, so the same sources and
+    # headers give the same module wherever the cache is.
+    prefix = os.path.commonpath([build_dir.resolve(), work.resolve()])
+    kcflags = f"KCFLAGS=-ffile-prefix-map={prefix}=/kbuild"
+    run(["make", "-s", "-C", str(build_dir), "-f", str(common[0]), f"M={work}", kcflags, "modules"])
     built = work / f"{MODULE_NAME}.ko"
     if not built.exists():
         raise HelperBuildError(f"make finished without producing {built.name}")

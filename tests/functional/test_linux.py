@@ -30,6 +30,7 @@ import pytest
 from framework.vmm import HOTSWAP, GuestVm, kill_pids, pids_with_tag
 
 from hotswap import exitcodes
+from hotswap.layout import VIRTIO_FIRST_GSI, VIRTIO_MMIO_BASE, VIRTIO_MMIO_STRIDE
 
 REPO = Path(__file__).resolve().parents[2]
 CACHE = Path(os.environ.get("HOTSWAP_CACHE", REPO / ".cache" / "linux"))
@@ -85,8 +86,8 @@ class ForegroundVmm:
         self.process: subprocess.Popen[bytes] | None = None
         self.started = 0.0
 
-    def start(self, kernel: Path, initrd: Path, cmdline: str, mem: str = "256M") -> ForegroundVmm:
-        args = ["run", "--kernel", str(kernel), "--initrd", str(initrd), "--cmdline", cmdline, "--mem", mem]
+    def start(self, kernel: Path, initrd: Path, cmdline: str, mem: str = "256M", *extra: str) -> ForegroundVmm:
+        args = ["run", "--kernel", str(kernel), "--initrd", str(initrd), "--cmdline", cmdline, "--mem", mem, *extra]
         with self.console.open("wb") as out, self.errors.open("wb") as err:
             self.started = time.monotonic()
             self.process = subprocess.Popen(
@@ -283,6 +284,51 @@ def virtio_guest(linux_guest: LinuxGuest) -> LinuxGuest:
     return linux_guest
 
 
+def cpio_files(archive: bytes) -> dict[str, bytes]:
+    """Regular files of a newc cpio archive by path (headers: "070701" and 13 eight-digit hex fields)."""
+    files: dict[str, bytes] = {}
+    offset = 0
+    while archive.startswith(b"070701", offset):
+        fields = [int(archive[offset + 6 + 8 * i : offset + 14 + 8 * i], 16) for i in range(13)]
+        mode, size, name_size = fields[1], fields[6], fields[11]
+        name_start = offset + 110
+        name = archive[name_start : name_start + name_size - 1].decode()
+        data_start = (name_start + name_size + 3) & ~3
+        if name == "TRAILER!!!":
+            break
+        if mode & 0o170000 == 0o100000:
+            files[name] = archive[data_start : data_start + size]
+        offset = (data_start + size + 3) & ~3
+    return files
+
+
+def test_initramfs_modules_load_in_dependency_order(virtio_guest: LinuxGuest) -> None:
+    """The build's load list (what /init insmods, in order) brings each module after everything it depends on, for
+    the kernel it was taken from, and ends with the one that takes the device= entries."""
+    sys.path.insert(0, str(REPO / "guest" / "linux"))
+    from kernel_modules import dependencies, modinfo, module_name, parameters
+
+    files = cpio_files(gzip.decompress(virtio_guest.initramfs.read_bytes()))
+    (load_list,) = [name for name in files if name.endswith("/hotswap.load")]
+    module_dir = load_list.rsplit("/", 1)[0]
+    release = module_dir.rsplit("/", 1)[1]
+    builtin = set(files.get(f"{module_dir}/modules.builtin", b"").decode().split())  # not shipped: none assumed
+    loaded: list[str] = []
+    devices_to = []
+    for line in files[load_list].decode().splitlines():
+        path, *mark = line.split()
+        info = modinfo(files[f"{module_dir}/{path}"], path)
+        assert info["vermagic"][0].split()[0] == release, (path, info["vermagic"])
+        missing = [dep for dep in dependencies(info) if dep not in loaded and dep not in builtin]
+        assert not missing, f"{path} is loaded before {missing}"
+        loaded.append(module_name(path))
+        if mark == ["devices"]:
+            assert "device" in parameters(info), f"{path} is given device= entries but has no such parameter"
+            devices_to.append(module_name(path))
+    assert {"virtio_mmio", "virtio_blk", "virtio_net", "virtio_rng"} <= set(loaded), loaded
+    assert devices_to == [loaded[-1]], (devices_to, loaded)
+
+
 @pytest.fixture
 def ext4_image(tmp_path: Path) -> Path:
     """An empty 32 MiB ext4 filesystem in a file, made on the host as the guest's /dev/vda."""
@@ -397,6 +443,36 @@ def check_virtio_start(text: str) -> None:
     content = expected_file()
     assert int(written.group(1)) == len(content)
     assert written.group(2) == hashlib.sha256(content).hexdigest()
+
+
+# What guest/linux/virtio_mmio_cmdline accepts: <size>@<base>:<irq>[:<id>], the size with an optional K/M/G.
+MMIO_DEVICE_ENTRY = re.compile(r"virtio_mmio\.device=(\d+)([KMG]?)@(0x[0-9a-f]+):(\d+)(?::\d+)?")
+
+
+@pytest.mark.kvm
+def test_virtio_devices_reach_the_linux_command_line(
+    virtio_guest: LinuxGuest,
+    ext4_image: Path,
+    host_network: HostNetwork,
+    foreground: list[ForegroundVmm],
+    run_dir: Path,
+) -> None:
+    """What this host can check of the hotswap side: with a disk, a tap and an rng, the kernel receives one
+    virtio_mmio.device= entry per device, in the form the initramfs's helper module parses, on IRQs the PIC can
+    deliver (Debian's kernel reads no MP table, and there are no ACPI tables, so the 8259 is its only irqchip)."""
+    devices = ["--disk", str(ext4_image), "--net", f"tap={host_network.tap}", "--rng"]
+    vmm = ForegroundVmm(run_dir, "virtio-cmdline").start(
+        virtio_guest.vmlinux, virtio_guest.initramfs, f"{SERIAL} {VIRTIO_CMDLINE}", "256M", *devices
+    )
+    foreground.append(vmm)
+    vmm.wait_for("Command line: ", timeout=240)
+    line = next(line for line in vmm.output().splitlines() if "Command line: " in line)
+    entries = [m.groups() for m in MMIO_DEVICE_ENTRY.finditer(line)]
+    assert len(entries) == 3, line
+    for index, (size, unit, base, irq) in enumerate(entries):
+        assert int(size) * {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}[unit] <= VIRTIO_MMIO_STRIDE
+        assert int(base, 16) == VIRTIO_MMIO_BASE + index * VIRTIO_MMIO_STRIDE
+        assert int(irq) == VIRTIO_FIRST_GSI + index < 16, "an IRQ the kernel's PIC cannot deliver"
 
 
 def qemu_virtio_argv(guest: LinuxGuest, image: Path, net: HostNetwork, console: Path) -> list[str]:
