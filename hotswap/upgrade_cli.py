@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from typing import Any
 
 from hotswap import __version__, exitcodes, registry
@@ -32,9 +33,24 @@ def describe(result: dict[str, Any]) -> str:
 def upgrade_one(args: argparse.Namespace, record: registry.VmRecord) -> int:
     if not args.json:
         print(f"upgrading {record.name} (pid {record.pid})...", file=sys.stderr, flush=True)
-    result = _request_upgrade(record, args)
+    try:
+        result = _request_upgrade(record, args)
+    except ApiError as exc:
+        raise ApiError(f"{exc}{_who_runs_it_now(record)}", exc.status) from None
     print(json.dumps(result) if args.json else describe(result))
     return exitcodes.OK
+
+
+def _who_runs_it_now(record: registry.VmRecord) -> str:
+    """After a failed request: if the VMM we asked is gone, say which one runs the guest now (a successor that
+    took over when its predecessor died mid-upgrade), or that none does."""
+    if registry.pid_alive(record.pid):
+        return ""
+    time.sleep(0.5)  # a successor taking over writes its record right after it resumed the guest
+    current = registry.read_record(record.name)
+    if current is not None and current.pid != record.pid and registry.pid_alive(current.pid):
+        return f"; VMM pid {record.pid} died during the upgrade and pid {current.pid} now runs the guest"
+    return f"; VMM pid {record.pid} died during the upgrade and no VMM runs the guest"
 
 
 def upgrade_all(args: argparse.Namespace) -> int:

@@ -67,8 +67,8 @@ class Vmm:
         raise ApiError(f"unsupported action {action!r}", 400)
 
     def replied(self, action: Action) -> None:
-        if isinstance(action, Upgrade):
-            self._upgrade_replied.set()
+        if isinstance(action, Upgrade) and self._handed_over.is_set():
+            self._upgrade_replied.set()  # the user has the outcome of the upgrade that handed the guest over
 
     def describe(self) -> dict[str, Any]:
         machine = self.machine

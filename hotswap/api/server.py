@@ -16,7 +16,7 @@ from http.server import BaseHTTPRequestHandler
 from typing import Any
 
 from hotswap import __version__, log
-from hotswap.api.actions import Controller, parse_action
+from hotswap.api.actions import Action, Controller, parse_action
 from hotswap.errors import ApiError, HotswapError
 from hotswap.sockets import peer_is_allowed
 
@@ -61,12 +61,11 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _handle(self) -> None:
         _request.connection = self.connection
+        action: Action | None = None
         try:
             body = self._read_body()
             action = parse_action(self.command, self.path.split("?", 1)[0], body)
-            result = self.server.controller.execute(action)
-            self._reply(200, result)
-            self.server.controller.replied(action)
+            self._reply(200, self.server.controller.execute(action))
         except ApiError as exc:
             self._reply(exc.status, {"error": str(exc)})
         except HotswapError as exc:
@@ -76,6 +75,8 @@ class _Handler(BaseHTTPRequestHandler):
             self._reply(500, {"error": f"internal error: {exc!r}"})
         finally:
             _request.connection = None
+            if action is not None:
+                self.server.controller.replied(action)  # answered, whatever the answer was
 
     do_GET = do_PUT = do_POST = do_PATCH = do_DELETE = _handle
 

@@ -56,12 +56,27 @@ def action_at(side: str, generation: int, step: str) -> str | None:
     return _faults(side, generation).get(step)
 
 
+def consume(side: str, generation: int, step: str | None = None) -> None:
+    """Forget faults once they have been used (all of a side's for this generation, or one step's), so a retry of
+    the same upgrade runs clean: one injected fault fails one attempt."""
+    kept = []
+    for item in filter(None, (part.strip() for part in os.environ.get(ENV, "").split(","))):
+        who, _, rest = item.partition(":")
+        item_side, _, gen = who.partition("@")
+        item_step = rest.partition(":")[0]
+        same = item_side == side and (not gen or (gen.isdigit() and int(gen) == generation))
+        if not (same and (step is None or item_step == step)):
+            kept.append(item)
+    os.environ[ENV] = ",".join(kept)
+
+
 def fault_point(side: str, generation: int, step: str) -> None:
     """Do the configured process-level fault at this step, if any."""
     action = action_at(side, generation, step)
     if action is None:
         return
     log.get("faults").warning("fault.injected", side=side, step=step, action=action)
+    consume(side, generation, step)
     if action == "kill":
         os.kill(os.getpid(), signal.SIGKILL)
     elif action == "exit":
@@ -77,6 +92,8 @@ def mangle_state(blob: bytes, generation: int) -> bytes:
     """Apply a data fault to the STATE container (sender side), if one is configured."""
     faults = _faults("sender", generation)
     action = faults.get("state")
+    if action is not None:
+        consume("sender", generation, "state")
     if action == "corrupt":
         middle = len(blob) // 2
         return blob[:middle] + bytes([blob[middle] ^ 0xFF]) + blob[middle + 1 :]

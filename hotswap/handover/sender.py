@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 from hotswap import __version__, log
 from hotswap.api.actions import Upgrade
 from hotswap.errors import ApiError, HotswapError, UpgradeError
-from hotswap.handover.faults import fault_point, mangle_state
+from hotswap.handover.faults import consume, fault_point, mangle_state
 from hotswap.handover.layout import HandoverFds
 from hotswap.handover.session import TrackedChannel
 from hotswap.machine.machine import RunState
@@ -87,10 +87,11 @@ def hand_over(vmm: Vmm, action: Upgrade) -> dict[str, Any]:
         theirs.close()
         raise UpgradeError(f"cannot start the successor {' '.join(command)}: {exc.strerror or exc}") from None
     theirs.close()
+    consume("successor", generation + 1)  # that successor has its faults; a retry's successor runs clean
     channel = Channel(ours, peer=f"successor (pid {process.pid})")
     session = _Session(vmm, channel, process, logger)
     try:
-        return session.run(started, deadline, generation)
+        return session.run(started, deadline, generation, action.timeout)
     finally:
         channel.close()
 
@@ -112,7 +113,7 @@ class _Session:
     def remaining(self, deadline: float) -> float:
         return max(0.1, deadline - time.monotonic())
 
-    def run(self, started: int, deadline: float, generation: int) -> dict[str, Any]:
+    def run(self, started: int, deadline: float, generation: int, action_timeout: float) -> dict[str, Any]:
         machine, wire = self.machine, self.wire
         try:
             hello = Hello.decode(wire.recv(self.remaining(deadline)).payload)
@@ -130,6 +131,7 @@ class _Session:
             console_mark = machine.console.mark()
             config = {
                 "protocol": PROTOCOL_VERSION,
+                "timeout_ms": int(action_timeout * 1000),
                 "config": machine.config.to_dict(),
                 "console_history": machine.console.history(),
                 "generation": generation + 1,

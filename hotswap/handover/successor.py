@@ -23,17 +23,25 @@ from hotswap.handover.layout import HandoverFds, virtio_fds_for
 from hotswap.handover.session import TrackedChannel
 from hotswap.machine.machine import Machine
 from hotswap.machine.virtio import virtio_specs
-from hotswap.state import StateError, StateSchemaError, check_fields, decode, encode, get_field, unpack
+from hotswap.state import (
+    StateError,
+    StateSchemaError,
+    UnsupportedVersionError,
+    check_fields,
+    decode,
+    encode,
+    get_field,
+    unpack,
+)
 from hotswap.vmm import Vmm
 from hotswap.wire.channel import Channel
-from hotswap.wire.errors import PeerClosed, WireError
+from hotswap.wire.errors import PeerClosed, ProtocolError, WireError
 from hotswap.wire.hello import Hello
 from hotswap.wire.messages import ErrorCode, MessageType
 from hotswap.wire.receiver import Receiver
 
-CONFIG_TIMEOUT = 60.0  # the old VMM sends CONFIG right after our HELLO
-STATE_TIMEOUT = 120.0  # the old VMM pauses when we are READY; it may be slow to get there
-COMMIT_TIMEOUT = 30.0
+CONFIG_TIMEOUT = 60.0  # the old VMM sends CONFIG right after our HELLO (before we know its --timeout)
+DEFAULT_STEP_TIMEOUT = 30.0  # for STATE and COMMIT when the old VMM does not say (protocol 1)
 OLD_EXIT_GRACE = 5.0
 # Busy-wait for messages due within the pause window rather than sleep in poll() (whose wake-up costs more here):
 STATE_SPIN = 0.0  # measured: spinning here starves the old VMM of the CPU it needs to capture (2-core host)
@@ -42,7 +50,9 @@ COMMIT_SPIN = 0.0  # after the channel closes, how long we wait to see the old V
 
 CONFIG_FIELDS = {
     1: frozenset({"config", "generation", "booted_at_ns", "memory", "fds"}),
-    2: frozenset({"protocol", "config", "console_history", "generation", "booted_at_ns", "memory", "fds"}),
+    2: frozenset(
+        {"protocol", "timeout_ms", "config", "console_history", "generation", "booted_at_ns", "memory", "fds"}
+    ),
 }
 
 
@@ -58,7 +68,13 @@ def config_message_fields(message: object) -> dict[str, Any]:
         disks, taps = counts.pop("disks", 0), counts.pop("taps", 0)
         if not isinstance(disks, int) or not isinstance(taps, int):
             raise StateSchemaError("CONFIG: fd counts 'disks' and 'taps' must be integers")
-        fields = {**fields, "protocol": 1, "console_history": b"", "fds": {**counts, "virtio": disks + taps}}
+        fields = {
+            **fields,
+            "protocol": 1,
+            "timeout_ms": int(DEFAULT_STEP_TIMEOUT * 1000),
+            "console_history": b"",
+            "fds": {**counts, "virtio": disks + taps},
+        }
     return fields
 
 
@@ -87,6 +103,7 @@ class _Successor:
         self.vmm: Vmm | None = None
         self.generation = 0
         self.console_history = b""
+        self.step_timeout = DEFAULT_STEP_TIMEOUT  # how long we wait for STATE and COMMIT: the old VMM's --timeout
         self.restore_detail: dict[str, int] = {}
         self.log = log.get("handover").bind(side="successor")
 
@@ -107,8 +124,11 @@ class _Successor:
             fault_point("successor", self.generation, "after_ready")
             gc.collect()
             gc.disable()  # no collection inside the guest's pause window
-            state_message = wire.recv(STATE_TIMEOUT, spin=STATE_SPIN)
+            state_message = wire.recv(self.step_timeout, spin=STATE_SPIN)
             state_received = now_ns()
+        except ProtocolError as exc:
+            self._refuse(ErrorCode.PROTOCOL, str(exc))  # the stream may still be in step: say why we stop
+            return exitcodes.ERROR
         except WireError as exc:
             self.log.warning("handover.aborted", reason=str(exc))
             self._discard()
@@ -121,6 +141,9 @@ class _Successor:
             tree = unpack(state_message.payload).tree
             self.restore_detail = {"unpack_us": (now_ns() - state_received) // 1000}
             self.restore_detail.update(self.machine.restore_state(tree, console_prefix=self.console_history))
+        except UnsupportedVersionError as exc:
+            self._refuse(ErrorCode.VERSION_MISMATCH, f"state rejected: {exc}")
+            return exitcodes.ERROR
         except StateError as exc:
             self._refuse(ErrorCode.BAD_STATE, f"state rejected: {exc}")
             return exitcodes.ERROR
@@ -132,7 +155,7 @@ class _Successor:
         try:
             wire.send(MessageType.RESTORED)
             fault_point("successor", self.generation, "after_restored")
-            wire.recv(COMMIT_TIMEOUT, spin=COMMIT_SPIN)  # COMMIT
+            wire.recv(self.step_timeout, spin=COMMIT_SPIN)  # COMMIT
         except PeerClosed:
             if not self._old_is_gone():
                 self.log.warning("handover.aborted", reason="the old VMM closed the channel but is still alive")
@@ -140,6 +163,9 @@ class _Successor:
                 return exitcodes.ERROR
             self.log.warning("handover.takeover", reason=f"the old VMM (pid {self.old_pid}) died after sending STATE")
             return self._take_over(state_received, restored, now_ns(), confirm=False)
+        except ProtocolError as exc:
+            self._refuse(ErrorCode.PROTOCOL, str(exc))
+            return exitcodes.ERROR
         except WireError as exc:
             self.log.warning("handover.aborted", reason=str(exc))
             self._discard()
@@ -159,6 +185,10 @@ class _Successor:
         started = now_ns()
         message = config_message_fields(decode(payload))
         self.console_history = get_field(message, "console_history", bytes)
+        timeout_ms = get_field(message, "timeout_ms", int, "CONFIG")
+        if not 0 < timeout_ms <= 600_000:
+            raise StateSchemaError(f"CONFIG: timeout_ms {timeout_ms} is outside (0, 600000]")
+        self.step_timeout = timeout_ms / 1000
         config = MachineConfig.from_dict(get_field(message, "config", dict))
         self.generation = get_field(message, "generation", int)
         layout = HandoverFds.split(get_field(message, "fds", dict), fds)
