@@ -224,7 +224,7 @@ def test_linux_boots_to_its_self_test(
 
 VIRTIO_UPGRADES = int(os.environ.get("HOTSWAP_LINUX_UPGRADES", "3"))
 # loglevel=4: kernel warnings and errors still reach the console, but no info lines that could split ours.
-VIRTIO_CMDLINE = "console=ttyS0 loglevel=4 panic=-1 hotswap.test=virtio hotswap.interval=0.5"
+VIRTIO_CMDLINE = "loglevel=4 panic=-1 hotswap.test=virtio hotswap.interval=0.5"
 FILE_WRITTEN = re.compile(r"hotswap-linux: file written bytes=(\d+) sha256=([0-9a-f]{64})")
 FILE_OK = re.compile(r"hotswap-linux: file ok (\d+)")
 PINGS = re.compile(r"hotswap-linux: pings answered (\d+)")
@@ -259,10 +259,19 @@ def failures(text: str) -> list[str]:
     return [line for line in console_lines(text) if "hotswap-linux: FAIL" in line]
 
 
-def wait_until(output: Callable[[], str], done: Callable[[str], bool], timeout: float, what: str) -> str:
+def wait_until(
+    output: Callable[[], str],
+    done: Callable[[str], bool],
+    timeout: float,
+    what: str,
+    gone: Callable[[], str | None] = lambda: None,
+) -> str:
+    """Poll the console until `done`; fail at once on a FAIL line, or when `gone` says why the machine is gone."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         text = output()
+        if (why := gone()) is not None:
+            pytest.fail(f"{why} while waiting for {what}; console:\n{output()[-3000:]}")
         if failures(text):
             pytest.fail(f"the guest reported a failure while waiting for {what}:\n{text[-3000:]}")
         if done(text):
@@ -483,7 +492,7 @@ def qemu_virtio_argv(guest: LinuxGuest, image: Path, net: HostNetwork, console: 
         *("-M", "microvm,acpi=off", "-accel", "tcg", "-m", "256", "-smp", "1"),
         *("-nodefaults", "-no-user-config", "-display", "none", "-no-reboot", "-serial", f"file:{console}"),
         *("-kernel", str(guest.bzimage), "-initrd", str(guest.initramfs)),
-        *("-append", f"{VIRTIO_CMDLINE} hotswap.ip={net.guest_ip}/24"),
+        *("-append", f"console=ttyS0 {VIRTIO_CMDLINE} hotswap.ip={net.guest_ip}/24"),
         *("-global", "virtio-mmio.force-legacy=false"),
         *("-drive", f"id=disk,file={image},format=raw,if=none", "-device", "virtio-blk-device,drive=disk"),
         *("-netdev", f"tap,id=net,ifname={net.tap},script=no,downscript=no", "-device", "virtio-net-device,netdev=net"),
@@ -505,17 +514,20 @@ def test_virtio_guest_side_under_qemu_tcg(
     try:
 
         def output() -> str:
-            if qemu.poll() is not None:
-                pytest.fail(f"QEMU exited {qemu.returncode}: {(tmp_path / 'qemu.stderr').read_text()[-2000:]}")
             return console.read_text(errors="replace")
 
-        wait_until(output, lambda t: bool(file_ok_numbers(t)), 180, "first 'file ok' line")
+        def gone() -> str | None:
+            if qemu.poll() is None:
+                return None
+            return f"QEMU exited {qemu.returncode} ({(tmp_path / 'qemu.stderr').read_text()[-2000:]})"
+
+        wait_until(output, lambda t: bool(file_ok_numbers(t)), 180, "first 'file ok' line", gone)
         written_s = time.monotonic() - started
         check_virtio_start(output())
         assert ping(host_network.guest_ip, 3, 30) == (3, 3)
         seen = file_ok_numbers(output())[-1]
-        wait_until(output, file_ok_after(seen + 3), 60, "three more 'file ok' lines")
-        text = wait_until(output, lambda t: pings_answered(t) >= 3, 30, "the guest counting the pings")
+        wait_until(output, file_ok_after(seen + 3), 60, "three more 'file ok' lines", gone)
+        text = wait_until(output, lambda t: pings_answered(t) >= 3, 30, "the guest counting the pings", gone)
         print(f"\nQEMU/TCG: first 'file ok' {written_s:.1f} s after start, {time.monotonic() - started:.1f} s in all")
     finally:
         qemu.kill()  # by its pid; the guest synced every entry it announced, as it would before a crash
@@ -539,7 +551,12 @@ def test_virtio_devices_serve_linux_across_upgrades(
     with GuestVm(run_dir, "linux-virtio") as vm:
         started = time.monotonic()
         vm.start(virtio_guest.vmlinux, cmdline, 1, "256M", "--initrd", str(virtio_guest.initramfs), *devices)
-        wait_until(vm.output, lambda t: bool(file_ok_numbers(t)), 600, "first 'file ok' line")
+
+        def gone() -> str | None:
+            alive = vm.pid is not None and os.path.exists(f"/proc/{vm.pid}")
+            return None if alive else f"the VMM (pid {vm.pid}) is gone ({vm.log()[-1500:]})"
+
+        wait_until(vm.output, lambda t: bool(file_ok_numbers(t)), 600, "first 'file ok' line", gone)
         print(f"\nLinux virtio test: first 'file ok' {time.monotonic() - started:.1f} s after start")
         check_virtio_start(vm.output())
         assert ping(host_network.guest_ip, 3, 30) == (3, 3)
@@ -550,14 +567,17 @@ def test_virtio_devices_serve_linux_across_upgrades(
                 seen = file_ok_numbers(vm.output())[-1]
                 result = vm.upgrade()
                 pids.add(result["new_pid"])
-                wait_until(vm.output, file_ok_after(seen + 2), 60, f"'file ok' after upgrade {round_}")
+                wait_until(vm.output, file_ok_after(seen + 2), 60, f"'file ok' after upgrade {round_}", gone)
                 assert ping(host_network.guest_ip, 2, 20) == (2, 2), f"no ping answer after upgrade {round_}"
                 last = file_ok_numbers(vm.output())[-1]
                 print(f"upgrade {round_}: downtime {result.get('downtime_us')} us, file ok {last}")
             sent, received = background.stop()
         finally:
             background.kill()
-        answered = pings_answered(wait_until(vm.output, lambda t: pings_answered(t) >= sent, 30, "the pings counted"))
+        # Every reply the host got was sent by the guest's kernel, and counted there: the 3, 2 per upgrade, the rest.
+        replies = 3 + 2 * VIRTIO_UPGRADES + received
+        text = wait_until(vm.output, lambda t: pings_answered(t) >= replies, 30, f"the guest counting {replies}", gone)
+        answered = pings_answered(text)
         vm.cli("stop", vm.name)
         deadline = time.monotonic() + 10
         while pids_with_tag(vm.tag) and time.monotonic() < deadline:
