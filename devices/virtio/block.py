@@ -182,6 +182,10 @@ class VirtioBlock(VirtioDevice):
                 raise RequestError(BlkStatus.IOERR, "write to a read-only disk")
             self._check_range(sector, data_out)
             write_fully(self.fd, views(self.memory(), data_out), sector * SECTOR_SIZE)
+            if not self.features & bit(F_FLUSH):
+                # A driver that did not negotiate FLUSH may take a completed write as durable (virtio 1.2,
+                # 5.2.6.2: such a device behaves as write-through), so it is synced before it is acknowledged.
+                os.fdatasync(self.fd)
             return 0
         if kind == RequestType.FLUSH:
             if data_in or data_out:

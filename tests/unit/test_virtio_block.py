@@ -13,7 +13,7 @@ from virtio_fakes import DriverQueue, FakeInterrupt, FakeMemory, device_features
 
 from devices.errors import StateError
 from devices.virtio import block
-from devices.virtio.block import SECTOR_SIZE, BlkStatus, RequestType, VirtioBlock
+from devices.virtio.block import F_FLUSH, SECTOR_SIZE, BlkStatus, RequestType, VirtioBlock
 from devices.virtio.constants import Status, bit
 from devices.virtio.transport import STATUS, VirtioMmioTransport
 
@@ -35,8 +35,15 @@ def image(tmp_path: Path) -> Path:
 
 class BlkRig:
     def __init__(
-        self, image: Path, *, read_only: bool = False, serial: str = "hotswap-disk-1", open_flags: int | None = None
+        self,
+        image: Path,
+        *,
+        read_only: bool = False,
+        serial: str = "hotswap-disk-1",
+        open_flags: int | None = None,
+        without: int = 0,
     ) -> None:
+        """`without`: feature bits the fake driver declines (all others offered are accepted)."""
         self.image = image
         self.memory = FakeMemory()
         self.irq = FakeInterrupt()
@@ -44,7 +51,7 @@ class BlkRig:
         self.device = VirtioBlock(fd, read_only=read_only, serial=serial, queue_size=QUEUE_SIZE)
         self.transport = VirtioMmioTransport(self.device, self.memory, self.irq)
         self.queue = DriverQueue(self.memory, QUEUE_SIZE)
-        assert negotiate(self.transport)
+        assert negotiate(self.transport, device_features(self.transport) & ~without)
         self.queue.configure(self.transport, 0)
         driver_ok(self.transport)
 
@@ -151,6 +158,27 @@ def test_flush(rig: BlkRig, monkeypatch: pytest.MonkeyPatch) -> None:
     status, used = rig.run([rig.header(RequestType.FLUSH), rig.status_buffer()])
     assert (status, used) == (BlkStatus.OK, 1)
     assert synced == [rig.device.fd]
+
+
+def write_request(rig: BlkRig, sector: int) -> list[Buffer]:
+    data = rig.memory.alloc(SECTOR_SIZE)
+    rig.memory.write(data, b"\x5a" * SECTOR_SIZE)
+    return [rig.header(RequestType.OUT, sector), (data, SECTOR_SIZE, False), rig.status_buffer()]
+
+
+def test_writes_are_not_synced_when_the_driver_flushes(rig: BlkRig, monkeypatch: pytest.MonkeyPatch) -> None:
+    synced: list[int] = []
+    monkeypatch.setattr(os, "fdatasync", synced.append)
+    assert rig.run(write_request(rig, 3))[0] == BlkStatus.OK
+    assert synced == []  # FLUSH negotiated: durability is the driver's call
+
+
+def test_writes_are_synced_when_the_driver_does_not_flush(image: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    rig = BlkRig(image, without=bit(F_FLUSH))
+    synced: list[int] = []
+    monkeypatch.setattr(os, "fdatasync", synced.append)
+    assert rig.run(write_request(rig, 3))[0] == BlkStatus.OK
+    assert synced == [rig.device.fd]  # write-through: durable before it is acknowledged
 
 
 def test_flush_for_real(rig: BlkRig) -> None:
