@@ -42,9 +42,9 @@ from pathlib import Path
 # The helpers beside this script, also when it is loaded by path from elsewhere (the unit tests do).
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from kernel_modules import ModuleError, ModuleSet, parameters, select_modules  # noqa: E402
-from mmio_helper import MODULE_NAME as HELPER_NAME  # noqa: E402
-from mmio_helper import HelperBuildError, build_helper, header_packages, unpack_headers  # noqa: E402
+from kernel_modules import ModuleError, ModuleSet, parameters, select_modules
+from mmio_helper import MODULE_NAME as HELPER_NAME
+from mmio_helper import HelperBuildError, build_helper, header_packages, unpack_headers
 
 REPO = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
