@@ -4,6 +4,7 @@ microvm, on the same guest image and command line, interleaved A B C A B C ...
     A  `python -m hotswap run` (foreground, console on stdout), guest uart=port (the same cmdline QEMU gets)
     B  `qemu-system-x86_64 -M microvm ...`, guest uart=port (microvm has no MMIO UART)
     C  `python -m hotswap run`, guest uart=mmio (hotswap's fast console path), unless --no-mmio
+    D  `python -m hotswap --version` to its exit: the interpreter and CLI start-up every `hotswap run` pays first
 
 The clock starts just before the process is spawned and stops when the benchmark reads the line from the VMM's
 stdout (a pipe). Every process is killed by pid as soon as its line has arrived.
@@ -30,7 +31,8 @@ from bench.host import HostWatch
 from bench.hotswap_vm import HOTSWAP
 from bench.procs import kill_pids
 from bench.qemu import Fleet, QemuSpec, qemu_version
-from bench.report import BenchError, Latency, Table, emit, ratio
+from bench.report import REPO, BenchError, Latency, Table, emit, ratio
+from bench.snapshot import snapshot
 
 BOOT_TIMEOUT = 60.0
 STATUS_MS = 10  # the first status line follows `hsg: ready` by this much
@@ -104,6 +106,13 @@ def boot_qemu(fleet: Fleet, spec: QemuSpec) -> Boot:
         fleet.kill(vm)
 
 
+def cli_floor() -> float:
+    """Seconds from spawning `python -m hotswap --version` to its exit."""
+    started = time.monotonic()
+    subprocess.run([*HOTSWAP, "--version"], check=True, capture_output=True, timeout=BOOT_TIMEOUT)
+    return time.monotonic() - started
+
+
 @dataclass
 class Series:
     label: str
@@ -121,6 +130,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--cpus", type=int, default=1)
     parser.add_argument("--mem", type=int, default=256, help="guest RAM in MiB (default 256)")
     parser.add_argument("--no-mmio", action="store_true", help="skip the hotswap uart=mmio series")
+    parser.add_argument(
+        "--snapshot", action="store_true", help="run hotswap from a clean copy of HEAD (see bench/snapshot.py)"
+    )
     parser.add_argument("--record", action="store_true", help="append the table to docs/benchmarks.md")
     parser.add_argument("--note", action="append", default=[], help="a note to record with the table (repeatable)")
     args = parser.parse_args(argv)
@@ -131,8 +143,19 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    if not args.snapshot:
+        return measure(args, REPO)
+    try:
+        with snapshot() as root:
+            return measure(args, root)
+    except BenchError as exc:
+        print(f"bench.boot: {exc}", file=sys.stderr)
+        return 1
+
+
+def measure(args: argparse.Namespace, root: Path) -> int:
     watch = HostWatch()
-    kernel = guest_image()
+    kernel = guest_image(root)
     workdir = Path(tempfile.mkdtemp(prefix="hotswap-bench-boot-"))
     try:
         with Fleet(workdir) as fleet:
@@ -149,11 +172,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             series = [Series("hotswap, uart=port"), Series("QEMU microvm, uart=port")]
             if not args.no_mmio:
                 series.append(Series("hotswap, uart=mmio"))
+            floor: list[float] = []
             for rep in range(args.reps):
                 series[0].add(boot_hotswap(kernel, port, args.cpus, args.mem, workdir, f"a{rep}"))
                 series[1].add(boot_qemu(fleet, spec))
                 if not args.no_mmio:
                     series[2].add(boot_hotswap(kernel, mmio, args.cpus, args.mem, workdir, f"c{rep}"))
+                floor.append(cli_floor() * 1000)
                 if (rep + 1) % 10 == 0:
                     print(f"{rep + 1}/{args.reps}", file=sys.stderr, flush=True)
     except BenchError as exc:
@@ -173,9 +198,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             s.label, len(s.status), *Latency.of(s.boot_line).cells(digits=1), *status.cells(digits=1),
             ratio(status.median, qemu_status.median),
         )  # fmt: skip
+    cli = Latency.of(floor)
+    table.add("`python -m hotswap --version` (exit)", len(floor), "-", "-", "-", *cli.cells(digits=1), "-")
     notes = [
         f"test guest, {args.cpus} vCPU, {args.mem} MiB, cmdline `{port}` (and uart=mmio for the last row); "
-        f"interleaved A B C, {args.reps} each, one warm-up boot of each first (not counted)",
+        f"interleaved A B C D, {args.reps} each, one warm-up boot of each first (not counted); the last row is "
+        "the interpreter and CLI start-up alone (no VM), the floor under hotswap's figures",
         f"hotswap: `{Path(sys.executable).name} -m hotswap run` in the foreground (interpreter start included); "
         f"peer: {qemu_version()}, `-M microvm` (PVH boot; `-M pc` would add ~5 s of SeaBIOS in emulated ring 0 here)",
         "guest output costs differ: with uart=port every byte traps to the guest's ring 0, emulated here",

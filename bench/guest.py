@@ -9,13 +9,13 @@ from pathlib import Path
 
 from bench.report import REPO, BenchError
 
-BUILD_SCRIPT = REPO / "guest" / "build-testguest.sh"
 
-
-def guest_image() -> Path:
-    """Build guest/build/testguest.elf (incremental) and return its path."""
+def guest_image(root: Path = REPO) -> Path:
+    """Build `root`/guest/build/testguest.elf (incremental) and return its path."""
     try:
-        out = subprocess.run([str(BUILD_SCRIPT)], check=True, capture_output=True, text=True, timeout=300)
+        out = subprocess.run(
+            [str(root / "guest" / "build-testguest.sh")], check=True, capture_output=True, text=True, timeout=300
+        )
     except (OSError, subprocess.SubprocessError) as exc:
         raise BenchError(f"building the test guest: {exc}") from exc
     path = Path(out.stdout.strip().splitlines()[-1])

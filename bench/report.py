@@ -22,6 +22,14 @@ REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "docs" / "benchmarks.md"
 
 
+_tree: str | None = None  # what hotswap ran from, when it was not this working tree (bench/snapshot.py)
+
+
+def set_tree(description: str | None) -> None:
+    global _tree
+    _tree = description
+
+
 class BenchError(Exception):
     """A benchmark could not measure what it set out to (the message names the step)."""
 
@@ -187,7 +195,9 @@ def render_record(
         "",
         f"- date: {stamp}",
         f"- machine: {machine_description()}",
-        f"- commit: {git_description()}",
+        f"- commit: {_tree}; benchmark scripts from the working tree at {git_description()}"
+        if _tree
+        else f"- commit: {git_description()}",
         f"- command: `{command_line()}`",
         f"- load average (1/5/15 min) when recorded: {load_average()}",
         "",
