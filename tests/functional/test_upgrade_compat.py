@@ -363,7 +363,8 @@ def test_upgrade_all_upgrades_every_vm(two_vms: Callable[..., tuple[GuestVm, Gue
 
 
 def test_upgrade_all_says_which_vm_failed(two_vms: Callable[..., tuple[GuestVm, GuestVm]], guest_elf: Path) -> None:
-    a, b = two_vms(fault_for_b="successor@2:after_ready:kill")
+    # A fault fires once: the first --all meets the successor's, the second the sender's (its step comes later).
+    a, b = two_vms(fault_for_b="successor@2:after_hello:kill,sender@1:state:corrupt")
     for machine in (a, b):
         machine.start(guest_elf, guest_cmdline(ws="8M", status_ms=50), 1, MEM)
     before = {m.name: m.wait_statuses(2) for m in (a, b)}
