@@ -75,8 +75,6 @@ def build_platform(cpus: int, regions: Sequence[RegionSpec], memory_fds: Sequenc
     except BaseException:
         vm.close()
         if memory is not None:
-            memory.close()
-        elif memory_fds is not None:
-            pass  # fds not adopted stay owned by the caller
+            memory.close()  # memfds that were not adopted yet stay the caller's
         kvm.close()
         raise
