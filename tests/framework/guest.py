@@ -21,6 +21,11 @@ def test_guest() -> Path:
     return Path(out.stdout.strip().splitlines()[-1])
 
 
+def line_fields(line: str, skip: int) -> dict[str, str]:
+    """The key=value tokens of a console line after its first `skip` words."""
+    return dict(token.split("=", 1) for token in line.split()[skip:] if "=" in token)
+
+
 @dataclass(frozen=True)
 class Status:
     seq: int
@@ -35,10 +40,17 @@ class Status:
     extra: dict[str, int] = field(default_factory=dict)  # device keys (blk_acked, net_rx, rng_bytes, ...) if present
 
     @classmethod
+    def from_line(cls, line: str) -> Status:
+        status = cls.parse(line)
+        if status is None:
+            raise ValueError(f"not a status line: {line!r}")
+        return status
+
+    @classmethod
     def parse(cls, line: str) -> Status | None:
         if not line.startswith("hsg: status "):
             return None
-        fields = dict(token.split("=", 1) for token in line.split()[2:] if "=" in token)
+        fields = line_fields(line, 2)
         return cls(
             seq=int(fields["seq"]),
             cpus=int(fields["cpus"]),

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -23,3 +25,18 @@ def vm(run_dir: Path) -> Iterator[GuestVm]:
         yield machine
     finally:
         machine.kill()
+
+
+@pytest.fixture
+def tap() -> Iterator[str]:
+    """A fresh tap interface, up, with IPv6 off (no chatter in frame counts); deleted afterwards."""
+    if not os.path.exists("/dev/net/tun"):
+        pytest.skip("NO TUN: /dev/net/tun is missing, cannot create a tap device")
+    name = f"hst{os.getpid() % 100000:05d}{os.urandom(1).hex()}"
+    subprocess.run(["ip", "tuntap", "add", "mode", "tap", "name", name], check=True)
+    try:
+        subprocess.run(["sysctl", "-q", "-w", f"net.ipv6.conf.{name}.disable_ipv6=1"], check=False)
+        subprocess.run(["ip", "link", "set", name, "up"], check=True)
+        yield name
+    finally:
+        subprocess.run(["ip", "link", "del", name], check=False)

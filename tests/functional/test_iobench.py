@@ -14,7 +14,6 @@ import struct
 import subprocess
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -50,20 +49,6 @@ def image(tmp_path: Path) -> Path:
     path = tmp_path / "disk.img"
     path.write_bytes(os.urandom(IMAGE_BYTES))
     return path
-
-
-@pytest.fixture
-def tap() -> Iterator[str]:
-    if not os.path.exists("/dev/net/tun"):
-        pytest.skip("NO TUN: /dev/net/tun is missing, cannot create a tap device")
-    name = f"hsi{os.getpid() % 100000:05d}{os.urandom(1).hex()}"
-    subprocess.run(["ip", "tuntap", "add", "mode", "tap", "name", name], check=True)
-    try:
-        subprocess.run(["sysctl", "-q", "-w", f"net.ipv6.conf.{name}.disable_ipv6=1"], check=False)
-        subprocess.run(["ip", "link", "set", name, "up"], check=True)
-        yield name
-    finally:
-        subprocess.run(["ip", "link", "del", name], check=False)
 
 
 def tap_counter(tap: str, name: str) -> int:

@@ -21,11 +21,11 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 
 import pytest
+from framework.guest import Status, line_fields
 
 REPO = Path(__file__).resolve().parents[2]
 BUILD_SCRIPT = REPO / "guest" / "build-testguest.sh"
@@ -59,39 +59,6 @@ def guest_elf() -> Path:
 
 
 # --- console lines -------------------------------------------------------------------------------------------
-
-
-def fields(line: str, skip: int) -> dict[str, str]:
-    """The key=value tokens of a console line after its first `skip` words."""
-    return dict(token.split("=", 1) for token in line.split()[skip:] if "=" in token)
-
-
-@dataclass(frozen=True)
-class Status:
-    seq: int
-    cpus: int
-    steps: int
-    passes: int
-    ticks: int
-    integrity: str
-    gap_us: int
-    maxgap_us: int
-    uptime_us: int
-
-    @classmethod
-    def parse(cls, line: str) -> Status:
-        f = fields(line, 2)
-        return cls(
-            seq=int(f["seq"]),
-            cpus=int(f["cpus"]),
-            steps=int(f["steps"]),
-            passes=int(f["passes"]),
-            ticks=int(f["ticks"]),
-            integrity=f["integrity"],
-            gap_us=int(f["gap_us"]),
-            maxgap_us=int(f["maxgap_us"]),
-            uptime_us=int(f["uptime_us"]),
-        )
 
 
 # --- QEMU ----------------------------------------------------------------------------------------------------
@@ -154,9 +121,9 @@ class QemuGuest:
 
     def wait_status(self, predicate: Callable[[Status], bool], timeout: float = BOOT_TIMEOUT) -> Status:
         _, line = self.wait_line(
-            lambda text: text.startswith("hsg: status ") and predicate(Status.parse(text)), timeout
+            lambda text: text.startswith("hsg: status ") and predicate(Status.from_line(text)), timeout
         )
-        return Status.parse(line)
+        return Status.from_line(line)
 
     def wait_exit(self, timeout: float = BOOT_TIMEOUT) -> int:
         try:
@@ -198,7 +165,7 @@ def boot(guest_elf: Path) -> Iterator[Boot]:
 
 
 def statuses(lines: list[str]) -> list[Status]:
-    return [Status.parse(line) for line in lines if line.startswith("hsg: status ")]
+    return [Status.from_line(line) for line in lines if line.startswith("hsg: status ")]
 
 
 def symbol(elf: Path, name: str) -> int:
@@ -257,7 +224,7 @@ def test_boots_reports_and_exits(boot: Boot, cpus: int) -> None:
     assert guest.wait_exit() == 0, guest.describe()
     lines = guest.text()
     first = lines.index(next(line for line in lines if line.startswith("hsg: boot ")))
-    boot_line = fields(lines[first], 2)
+    boot_line = line_fields(lines[first], 2)
     assert boot_line["cpus"] == str(cpus)
     assert boot_line["ws"] == str(16 << 20)
     assert boot_line["tsc_source"] == "pit", "QEMU publishes no TSC leaf: the PIT must have been used"
@@ -267,7 +234,7 @@ def test_boots_reports_and_exits(boot: Boot, cpus: int) -> None:
     cpu_lines = lines[first + 1 : first + 1 + cpus]
     assert [line.split()[2] for line in cpu_lines] == [str(i) for i in range(cpus)]
     assert all(line.startswith("hsg: cpu ") and line.endswith(" online") for line in cpu_lines)
-    assert len({fields(line, 3)["apic"] for line in cpu_lines}) == cpus, "APIC ids must differ"
+    assert len({line_fields(line, 3)["apic"] for line in cpu_lines}) == cpus, "APIC ids must differ"
     assert lines[first + 1 + cpus] == "hsg: ready"
 
     seen = statuses(lines)
@@ -309,7 +276,7 @@ def test_cmdline_keys_override_and_unknown_ones_are_ignored(boot: Boot) -> None:
     assert guest.wait_exit() == 0, guest.describe()
     lines = guest.text()
     assert "hsg: warning bad value for ws=, using the default" in lines
-    boot_line = fields(next(line for line in lines if line.startswith("hsg: boot ")), 2)
+    boot_line = line_fields(next(line for line in lines if line.startswith("hsg: boot ")), 2)
     assert boot_line == {
         "cpus": "1",
         "ws": str(16 << 20),  # the last ws= wins and is bad: the default stays
@@ -343,7 +310,7 @@ def test_working_set_too_big_for_ram_resets(boot: Boot) -> None:
     error = next((line for line in lines if line.startswith("hsg: error ws=")), None)
     assert error is not None, guest.describe()
     assert error.startswith(f"hsg: error ws={1 << 30} does not fit: usable=")
-    assert 200 << 20 < int(fields(error, 2)["usable"]) < 256 << 20
+    assert 200 << 20 < int(line_fields(error, 2)["usable"]) < 256 << 20
     assert not statuses(lines) and "hsg: ready" not in lines
 
 
@@ -419,7 +386,7 @@ def test_corrupted_working_set_is_reported(boot: Boot, guest_elf: Path, gdb_sock
     stub.write_memory(target, (0x0BADC0DE0BADC0DE).to_bytes(8, "little"))
     stub.detach()
     _, failure = guest.wait_line(lambda line: line.startswith("hsg: integrity FAIL "))
-    f = fields(failure, 3)
+    f = line_fields(failure, 3)
     assert f["cpu"] == "0" and int(f["addr"], 16) == target and f["got"] == "0xbadc0de0badc0de", failure
     assert f["expected"] != f["got"]
     later = guest.wait_status(lambda s: s.integrity == "FAIL")
@@ -481,7 +448,7 @@ def check_disk(image: Path, acked_seq: int, blocks: int) -> list[str]:
 
 
 def virtio_lines(lines: list[str]) -> list[dict[str, str]]:
-    return [fields(line, 2) for line in lines if line.startswith("hsg: virtio ")]
+    return [line_fields(line, 2) for line in lines if line.startswith("hsg: virtio ")]
 
 
 def device_line(guest: QemuGuest, driver: str) -> dict[str, str]:
@@ -492,7 +459,7 @@ def device_line(guest: QemuGuest, driver: str) -> dict[str, str]:
 
 def counters(line: str) -> dict[str, int]:
     """A status line's numeric keys, in order."""
-    return {key: int(value) for key, value in fields(line, 2).items() if key != "integrity"}
+    return {key: int(value) for key, value in line_fields(line, 2).items() if key != "integrity"}
 
 
 def status_counters(guest: QemuGuest) -> list[dict[str, int]]:
@@ -600,7 +567,7 @@ def test_blk_read_back_catches_a_damaged_block(boot: Boot, disk: Path) -> None:
     with open(disk, "r+b") as image:
         os.pwrite(image.fileno(), b"\x00" * 16, target * 4096 + 2000)
     _, failure = guest.wait_line(lambda line: line.startswith("hsg: blk FAIL "))
-    f = fields(failure, 3)
+    f = line_fields(failure, 3)
     assert f == {
         "block": str(target),
         "expected_seq": str(target + 1),

@@ -9,11 +9,9 @@ from __future__ import annotations
 import os
 import socket
 import struct
-import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -27,20 +25,6 @@ pytestmark = pytest.mark.kvm
 
 UPGRADES = int(os.environ.get("HOTSWAP_TEST_UPGRADES", "100"))
 ETHERTYPE = 0x88B5
-
-
-@pytest.fixture
-def tap() -> Iterator[str]:
-    if not os.path.exists("/dev/net/tun"):
-        pytest.skip("NO TUN: /dev/net/tun is missing, cannot create a tap device")
-    name = f"hst{os.getpid() % 100000:05d}{os.urandom(1).hex()}"
-    subprocess.run(["ip", "tuntap", "add", "mode", "tap", "name", name], check=True)
-    try:
-        subprocess.run(["sysctl", "-q", "-w", f"net.ipv6.conf.{name}.disable_ipv6=1"], check=False)
-        subprocess.run(["ip", "link", "set", name, "up"], check=True)
-        yield name
-    finally:
-        subprocess.run(["ip", "link", "del", name], check=False)
 
 
 class HostEnd:
