@@ -32,6 +32,7 @@ from hotswap.errors import ApiError, HotswapError, UpgradeError
 from hotswap.handover.faults import consume, fault_point, mangle_state
 from hotswap.handover.layout import HandoverFds
 from hotswap.handover.session import TrackedChannel
+from hotswap.machine import priority
 from hotswap.machine.machine import RunState
 from hotswap.state import FORMATS, decode, encode, pack
 from hotswap.wire.channel import Channel
@@ -107,6 +108,7 @@ class _Session:
         self.process = process
         self.log = logger
         self.paused = False
+        self.boosted = False
         self.console_stopped = False
         self.committed = False
 
@@ -153,6 +155,7 @@ class _Session:
 
             # ---- the pause window: only quiesce, capture, transfer, restore, resume ----
             gc.disable()  # a collection inside the window would add milliseconds for nothing
+            self.boosted = priority.boost()  # no waiting for a time slice inside the window (priority.py)
             pause_requested = now_ns()
             window = machine.pause()
             self.paused = True
@@ -167,6 +170,7 @@ class _Session:
             fault_point("sender", generation, "after_restored")
             wire.send(MessageType.COMMIT)
             self.committed = True
+            self.unboost()
         except (WireError, HotswapError, OSError, ValueError) as exc:
             reason = self._describe_failure(exc)
             self._roll_back(reason)
@@ -189,6 +193,11 @@ class _Session:
         )
         self.log.info("upgrade.done", **{k: v for k, v in result.items() if not isinstance(v, dict)})
         return result
+
+    def unboost(self) -> None:
+        if self.boosted:
+            priority.unboost()
+            self.boosted = False
 
     def _describe_failure(self, exc: BaseException) -> str:
         if isinstance(exc, RemoteError):
@@ -215,6 +224,7 @@ class _Session:
             self.machine.devices.resume()
         elif self.console_stopped:
             self.machine.console.start()
+        self.unboost()
         gc.enable()
         self.vmm.api.start()
 

@@ -21,6 +21,7 @@ from hotswap.errors import HotswapError
 from hotswap.handover.faults import fault_point
 from hotswap.handover.layout import HandoverFds, virtio_fds_for
 from hotswap.handover.session import TrackedChannel
+from hotswap.machine import priority
 from hotswap.machine.machine import Machine
 from hotswap.machine.virtio import virtio_specs
 from hotswap.state import (
@@ -120,10 +121,11 @@ class _Successor:
                 self._refuse(ErrorCode.BAD_CONFIG, f"cannot build the machine: {exc}")
                 return exitcodes.ERROR
             fault_point("successor", self.generation, "after_config")
-            wire.send(MessageType.READY, encode(prepare))
-            fault_point("successor", self.generation, "after_ready")
             gc.collect()
             gc.disable()  # no collection inside the guest's pause window
+            priority.boost()  # from here to RESUMED we are on the window's critical path (priority.py)
+            wire.send(MessageType.READY, encode(prepare))
+            fault_point("successor", self.generation, "after_ready")
             state_message = wire.recv(self.step_timeout, spin=STATE_SPIN)
             state_received = now_ns()
         except ProtocolError as exc:
@@ -228,6 +230,7 @@ class _Successor:
             except (WireError, OSError):
                 pass  # the old VMM is gone; the guest runs here regardless
         self.channel.close()
+        priority.unboost()
         fault_point("successor", self.generation, "after_resumed")
         self.log.info("handover.resumed", generation=self.generation, pid=os.getpid(), registry=str(registry.run_dir()))
         return self.vmm.run()

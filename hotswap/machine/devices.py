@@ -97,10 +97,6 @@ class DeviceSet:
     def quiesce(self) -> None:
         """Finish in-flight device work and stop starting new work (vCPUs are already paused; the console has
         stopped reading input before the pause)."""
-        if self.virtio:
-            self._loop.run_sync(self._quiesce_virtio)
-
-    def _quiesce_virtio(self) -> None:
         for slot in self.virtio:
             slot.quiesce()
 

@@ -14,6 +14,7 @@ import threading
 import time
 from collections.abc import Callable
 
+from hotswap.machine import priority
 from hotswap.machine.exit_handler import ExitBus, Stop, handle_exit
 from hotswap.machine.signal_fd import Gate, SignalFd
 from kvm import KvmError, Vcpu
@@ -143,10 +144,15 @@ class VcpuThread:
 
     def _park(self) -> None:
         self.paused_at_ns = now_ns()
+        # Parked at real-time priority, so that on a busy host the release is not followed by a wait for a time
+        # slice; back to normal before any guest code runs (hotswap/machine/priority.py).
+        boosted = priority.boost()
         self._paused.set()
         while self._pause_requested and not self._quit:
             self._gate.wait()
         self.resumed_at_ns = now_ns()
+        if boosted:
+            priority.unboost()
         if not self._quit:
             self._on_running()
 

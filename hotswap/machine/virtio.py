@@ -148,9 +148,11 @@ class VirtioSlot:
 
     # -- lifecycle --------------------------------------------------------------------------------------------
     def quiesce(self) -> None:
-        """On the I/O thread: stop serving, let the device finish what it does (blk I/O is synchronous)."""
-        self.stop_io()
+        """Let the device finish what it does (blk I/O is synchronous, under the transport's lock) and stop
+        processing: notifications that still arrive are only remembered. Called on the controlling thread, so the
+        pause window does not wait for the I/O thread; that thread drops the device's fds when it gets to it."""
         self.transport.quiesce()
+        self._loop.call_soon(self.stop_io)
 
     def resume(self) -> None:
         """On the I/O thread: re-check every queue (a notification may have reached only the old process)."""
