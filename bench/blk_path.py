@@ -1,6 +1,6 @@
 """Micro-benchmark (not a test): 4 KiB random reads per second through the Python virtio-blk path.
 
-    python tests/unit/virtio_blk_bench.py [--seconds 3] [--batch 1,32,128] [--kvm-memory]
+    python -m bench.blk_path [--seconds 3] [--batch 1,32,128] [--kvm-memory]
 
 Each iteration: the fake driver posts `batch` requests (header, one 4 KiB data buffer, status), notifies once,
 and reaps the used ring. The image is a 64 MiB temp file in the page cache, so this measures the Python path
@@ -18,8 +18,8 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+# The fake virtio driver lives with the unit tests that also use it.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "unit"))
 
 from virtio_fakes import DriverQueue, FakeInterrupt, FakeMemory, driver_ok, negotiate
 
