@@ -26,13 +26,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from framework.procs import kill_pids
+
 from bench.guest import boot_tsc_khz, cmdline, guest_image
 from bench.host import HostWatch
 from bench.hotswap_vm import HOTSWAP
-from bench.procs import kill_pids
 from bench.qemu import Fleet, QemuSpec, qemu_version
-from bench.report import REPO, BenchError, Latency, Table, emit, ratio
-from bench.snapshot import snapshot
+from bench.report import BenchError, Latency, Table, emit, ratio
+from bench.snapshot import add_option, run_measure
 
 BOOT_TIMEOUT = 60.0
 STATUS_MS = 10  # the first status line follows `hsg: ready` by this much
@@ -130,9 +131,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--cpus", type=int, default=1)
     parser.add_argument("--mem", type=int, default=256, help="guest RAM in MiB (default 256)")
     parser.add_argument("--no-mmio", action="store_true", help="skip the hotswap uart=mmio series")
-    parser.add_argument(
-        "--snapshot", action="store_true", help="run hotswap from a clean copy of HEAD (see bench/snapshot.py)"
-    )
+    add_option(parser)
     parser.add_argument("--record", action="store_true", help="append the table to docs/benchmarks.md")
     parser.add_argument("--note", action="append", default=[], help="a note to record with the table (repeatable)")
     args = parser.parse_args(argv)
@@ -142,15 +141,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = parse_args(argv)
-    if not args.snapshot:
-        return measure(args, REPO)
-    try:
-        with snapshot() as root:
-            return measure(args, root)
-    except BenchError as exc:
-        print(f"bench.boot: {exc}", file=sys.stderr)
-        return 1
+    return run_measure("bench.boot", parse_args(argv), measure)
 
 
 def measure(args: argparse.Namespace, root: Path) -> int:

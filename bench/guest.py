@@ -7,6 +7,8 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
+from framework.guest import StatusLine, line_fields
+
 from bench.report import REPO, BenchError
 
 
@@ -32,24 +34,10 @@ def cmdline(uart: str = "port", ws: str = "16M", status_ms: int = 20, tsc_khz: i
     return " ".join(words)
 
 
-def fields(line: str, skip: int = 2) -> dict[str, str]:
-    """The key=value tokens of a console line after its first `skip` words."""
-    return dict(token.split("=", 1) for token in line.split()[skip:] if "=" in token)
-
-
 @dataclass(frozen=True)
-class Status:
+class Status(StatusLine):
     """One `hsg: status` line, with the host time (CLOCK_MONOTONIC, ns) at which the benchmark received it."""
 
-    seq: int
-    cpus: int
-    steps: int
-    passes: int
-    ticks: int
-    integrity: str
-    gap_us: int
-    maxgap_us: int
-    uptime_us: int
     arrived_ns: int = 0
 
     @classmethod
@@ -57,20 +45,8 @@ class Status:
         """The status line's fields, or None for any other line (or a status line cut short)."""
         if not line.startswith("hsg: status "):
             return None
-        f = fields(line)
         try:
-            return cls(
-                seq=int(f["seq"]),
-                cpus=int(f["cpus"]),
-                steps=int(f["steps"]),
-                passes=int(f["passes"]),
-                ticks=int(f["ticks"]),
-                integrity=f["integrity"],
-                gap_us=int(f["gap_us"]),
-                maxgap_us=int(f["maxgap_us"]),
-                uptime_us=int(f["uptime_us"]),
-                arrived_ns=arrived_ns,
-            )
+            return cls.from_fields(line_fields(line), arrived_ns=arrived_ns)
         except (KeyError, ValueError):
             return None
 
@@ -80,6 +56,6 @@ def boot_tsc_khz(line: str) -> int:
     if not line.startswith("hsg: boot "):
         raise BenchError(f"reading tsc_khz: not a boot line: {line!r}")
     try:
-        return int(fields(line)["tsc_khz"])
+        return int(line_fields(line)["tsc_khz"])
     except (KeyError, ValueError) as exc:
         raise BenchError(f"reading tsc_khz: no number in {line!r}") from exc

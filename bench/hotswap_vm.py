@@ -18,7 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench.procs import kill_pids, pids_with_tag
+from framework.procs import kill_pids, pids_with_env
+
 from bench.report import BenchError
 
 HOTSWAP = [sys.executable, "-m", "hotswap"]
@@ -110,7 +111,7 @@ class HotswapVm:
 
     def pids(self) -> list[int]:
         """Every live process of this VM (a VMM, a successor being started, an old VMM on its way out)."""
-        return pids_with_tag(TAG_VARIABLE, self.tag)
+        return pids_with_env(TAG_VARIABLE, self.tag)
 
     def settled_pids(self, timeout: float = 5.0) -> list[int]:
         """The VM's processes once an old VMM that is exiting has gone (or after `timeout`)."""

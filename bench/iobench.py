@@ -16,8 +16,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from framework.procs import kill_pids
+
 from bench.hotswap_vm import HOTSWAP
-from bench.procs import kill_pids
 from bench.qemu import Fleet, QemuSpec, QemuVm
 from bench.report import BenchError
 

@@ -22,7 +22,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from bench.procs import kill_pids
+from framework.procs import kill_pids
+
 from bench.qmp import Qmp, QmpError, event_time_ns
 from bench.report import BenchError
 

@@ -10,17 +10,40 @@ first, then PYTHONPATH, and only then through the editable install's finder (whi
 
 from __future__ import annotations
 
+import argparse
 import os
 import shutil
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 from bench import report
 from bench.report import REPO, BenchError
+
+
+def add_option(parser: argparse.ArgumentParser) -> None:
+    """The `--snapshot` option that run_measure() reads."""
+    parser.add_argument(
+        "--snapshot", action="store_true", help="run hotswap from a clean copy of HEAD (see bench/snapshot.py)"
+    )
+
+
+def run_measure(prog: str, args: argparse.Namespace, measure: Callable[[argparse.Namespace, Path], int]) -> int:
+    """A benchmark's main(): `measure(args, root)` with root this checkout, or with --snapshot a clean copy of HEAD.
+
+    With --snapshot a BenchError (making the copy, or measuring) is printed after `prog` and the exit status is 1.
+    """
+    if not args.snapshot:
+        return measure(args, REPO)
+    try:
+        with snapshot() as root:
+            return measure(args, root)
+    except BenchError as exc:
+        print(f"{prog}: {exc}", file=sys.stderr)
+        return 1
 
 
 def _run(argv: list[str], what: str, cwd: Path | None = None, env: dict[str, str] | None = None) -> str:

@@ -25,8 +25,8 @@ from bench.console import ConsoleTap
 from bench.guest import Status, cmdline, guest_image
 from bench.host import HostWatch
 from bench.hotswap_vm import HotswapVm
-from bench.report import REPO, BenchError, Latency, Table, emit
-from bench.snapshot import snapshot
+from bench.report import BenchError, Latency, Table, emit
+from bench.snapshot import add_option, run_measure
 
 LINE_TIMEOUT = 60.0
 
@@ -74,9 +74,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--ws", default="64M", help="the guest's working set (default 64M)")
     parser.add_argument("--status-ms", type=int, default=50)
     parser.add_argument("--lines-between", type=int, default=2, help="new status lines to see between upgrades (2)")
-    parser.add_argument(
-        "--snapshot", action="store_true", help="run hotswap from a clean copy of HEAD (see bench/snapshot.py)"
-    )
+    add_option(parser)
     parser.add_argument("--record", action="store_true", help="append the table to docs/benchmarks.md")
     parser.add_argument("--note", action="append", default=[], help="a note to record with the table (repeatable)")
     args = parser.parse_args(argv)
@@ -86,15 +84,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = parse_args(argv)
-    if not args.snapshot:
-        return measure(args, REPO)
-    try:
-        with snapshot() as root:
-            return measure(args, root)
-    except BenchError as exc:
-        print(f"bench.soak: {exc}", file=sys.stderr)
-        return 1
+    return run_measure("bench.soak", parse_args(argv), measure)
 
 
 def measure(args: argparse.Namespace, root: Path) -> int:

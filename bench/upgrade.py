@@ -24,8 +24,8 @@ from bench import gaps
 from bench.guest import cmdline, guest_image
 from bench.host import HostWatch
 from bench.qemu import Fleet, QemuSpec, qemu_version, shm_path
-from bench.report import REPO, BenchError, emit
-from bench.snapshot import snapshot
+from bench.report import BenchError, emit
+from bench.snapshot import add_option, run_measure
 from bench.subjects import HotswapSubject, Operation, QemuSubject, Subject
 from bench.upgrade_analysis import SIZES, STATUS_MS, Figures, Run, Size, figures, tables, verdicts
 
@@ -134,9 +134,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--migration-timeout", type=float, default=60.0, help="seconds before a QEMU migration is cancelled"
     )
-    parser.add_argument(
-        "--snapshot", action="store_true", help="run hotswap from a clean copy of HEAD (see bench/snapshot.py)"
-    )
+    add_option(parser)
     parser.add_argument("--record", action="store_true", help="append the tables to docs/benchmarks.md")
     parser.add_argument("--note", action="append", default=[], help="a note to record with the tables (repeatable)")
     args = parser.parse_args(argv)
@@ -153,15 +151,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = parse_args(argv)
-    if not args.snapshot:
-        return measure(args, REPO)
-    try:
-        with snapshot() as root:
-            return measure(args, root)
-    except BenchError as exc:
-        print(f"bench.upgrade: {exc}", file=sys.stderr)
-        return 1
+    return run_measure("bench.upgrade", parse_args(argv), measure)
 
 
 def measure(args: argparse.Namespace, root: Path) -> int:

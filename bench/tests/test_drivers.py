@@ -5,10 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from framework.procs import alive
 
 from bench import boot, gaps
 from bench.guest import cmdline, guest_image
-from bench.procs import alive
 from bench.qemu import Fleet, QemuSpec, shm_path
 from bench.subjects import HotswapSubject, QemuSubject
 

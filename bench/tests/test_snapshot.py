@@ -2,17 +2,23 @@
 
 from __future__ import annotations
 
+import argparse
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 
-from bench import report
-from bench.snapshot import snapshot
+import pytest
+
+from bench import report, snapshot
+from bench.report import REPO, BenchError
 
 
 def test_hotswap_imports_from_the_copy_while_it_lasts_and_the_copy_goes_away() -> None:
     before, cwd = os.environ.get("PYTHONPATH"), os.getcwd()
-    with snapshot() as root:
+    with snapshot.snapshot() as root:
         assert os.environ["PYTHONPATH"] == str(root) and os.getcwd() == str(root)
         assert (root / "guest" / "build" / "testguest.elf").is_file()
         where = subprocess.run(
@@ -24,3 +30,28 @@ def test_hotswap_imports_from_the_copy_while_it_lasts_and_the_copy_goes_away() -
     assert os.environ.get("PYTHONPATH") == before and os.getcwd() == cwd
     assert not root.exists()
     assert "clean copy" not in report.render_record("t", report.Table(["x"]), [])
+
+
+def test_run_measure_runs_here_or_in_the_copy_and_reports_a_failure_in_the_copy(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    parser = argparse.ArgumentParser()
+    snapshot.add_option(parser)
+    roots: list[Path] = []
+
+    def measure(args: argparse.Namespace, root: Path) -> int:
+        roots.append(root)
+        if len(roots) == 3:
+            raise BenchError("it broke")
+        return 7
+
+    @contextmanager
+    def fake_snapshot(commit: str = "HEAD") -> Iterator[Path]:
+        yield tmp_path
+
+    monkeypatch.setattr(snapshot, "snapshot", fake_snapshot)
+    assert snapshot.run_measure("bench.t", parser.parse_args([]), measure) == 7
+    assert snapshot.run_measure("bench.t", parser.parse_args(["--snapshot"]), measure) == 7
+    assert snapshot.run_measure("bench.t", parser.parse_args(["--snapshot"]), measure) == 1
+    assert roots == [REPO, tmp_path, tmp_path]
+    assert capsys.readouterr().err == "bench.t: it broke\n"

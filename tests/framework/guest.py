@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Self
 
 REPO = Path(__file__).resolve().parents[2]
 MMIO_UART = "uart=mmio:0xd0000000"
-BASE_KEYS = {"seq", "cpus", "steps", "passes", "ticks", "integrity", "gap_us", "maxgap_us", "uptime_us"}
 
 
 @functools.cache
@@ -21,13 +22,15 @@ def test_guest() -> Path:
     return Path(out.stdout.strip().splitlines()[-1])
 
 
-def line_fields(line: str, skip: int) -> dict[str, str]:
+def line_fields(line: str, skip: int = 2) -> dict[str, str]:
     """The key=value tokens of a console line after its first `skip` words."""
     return dict(token.split("=", 1) for token in line.split()[skip:] if "=" in token)
 
 
 @dataclass(frozen=True)
-class Status:
+class StatusLine:
+    """The figures every `hsg: status` line has; Status here and bench.guest.Status add what their users need."""
+
     seq: int
     cpus: int
     steps: int
@@ -37,6 +40,32 @@ class Status:
     gap_us: int
     maxgap_us: int
     uptime_us: int
+
+    @classmethod
+    def from_fields(cls, fields: dict[str, str], **more: Any) -> Self:
+        """The line's figures from its line_fields(), plus the subclass's own `more`.
+
+        Raises KeyError or ValueError when a figure is missing or not a number.
+        """
+        return cls(
+            seq=int(fields["seq"]),
+            cpus=int(fields["cpus"]),
+            steps=int(fields["steps"]),
+            passes=int(fields["passes"]),
+            ticks=int(fields["ticks"]),
+            integrity=fields["integrity"],
+            gap_us=int(fields["gap_us"]),
+            maxgap_us=int(fields["maxgap_us"]),
+            uptime_us=int(fields["uptime_us"]),
+            **more,
+        )
+
+
+BASE_KEYS = {f.name for f in dataclasses.fields(StatusLine)}
+
+
+@dataclass(frozen=True)
+class Status(StatusLine):
     extra: dict[str, int] = field(default_factory=dict)  # device keys (blk_acked, net_rx, rng_bytes, ...) if present
 
     @classmethod
@@ -50,19 +79,8 @@ class Status:
     def parse(cls, line: str) -> Status | None:
         if not line.startswith("hsg: status "):
             return None
-        fields = line_fields(line, 2)
-        return cls(
-            seq=int(fields["seq"]),
-            cpus=int(fields["cpus"]),
-            steps=int(fields["steps"]),
-            passes=int(fields["passes"]),
-            ticks=int(fields["ticks"]),
-            integrity=fields["integrity"],
-            gap_us=int(fields["gap_us"]),
-            maxgap_us=int(fields["maxgap_us"]),
-            uptime_us=int(fields["uptime_us"]),
-            extra={key: int(value) for key, value in fields.items() if key not in BASE_KEYS},
-        )
+        fields = line_fields(line)
+        return cls.from_fields(fields, extra={key: int(value) for key, value in fields.items() if key not in BASE_KEYS})
 
 
 def complete_lines(text: str) -> list[str]:

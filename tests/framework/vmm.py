@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -18,6 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from framework.guest import Status, statuses
+from framework.procs import kill_pids as kill_pids  # the tests import it from here
+from framework.procs import pids_with_env
 
 HOTSWAP = [sys.executable, "-m", "hotswap"]
 
@@ -35,44 +36,7 @@ def hotswap(
 
 def pids_with_tag(tag: str) -> list[int]:
     """Processes whose environment holds HOTSWAP_TEST_TAG=tag."""
-    needle = f"HOTSWAP_TEST_TAG={tag}".encode()
-    found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/environ", "rb") as f:
-                if needle in f.read().split(b"\0"):
-                    found.append(int(entry))
-        except OSError:
-            continue
-    return found
-
-
-def kill_pids(pids: list[int], timeout: float = 10.0) -> None:
-    for pid in pids:
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-    deadline = time.monotonic() + timeout
-    for pid in pids:
-        while time.monotonic() < deadline:
-            try:
-                os.waitpid(pid, os.WNOHANG)
-            except ChildProcessError:
-                pass
-            if not os.path.exists(f"/proc/{pid}") or _is_zombie(pid):
-                break
-            time.sleep(0.02)
-
-
-def _is_zombie(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
-    except OSError:
-        return True
+    return pids_with_env("HOTSWAP_TEST_TAG", tag)
 
 
 class GuestVm:

@@ -1,4 +1,7 @@
-"""Processes the benchmarks start: found by pid (or by a tag in their environment), killed by pid. Never by name."""
+"""Processes found by a tag in their environment (a VMM's successors inherit it) and killed by pid. Never by name.
+
+The functional tests (framework.vmm) and the benchmarks (bench/) both use these.
+"""
 
 from __future__ import annotations
 
@@ -7,9 +10,9 @@ import signal
 import time
 
 
-def pids_with_tag(variable: str, tag: str) -> list[int]:
-    """Processes whose environment holds variable=tag (a VMM's successors inherit its environment)."""
-    needle = f"{variable}={tag}".encode()
+def pids_with_env(variable: str, value: str) -> list[int]:
+    """Processes whose environment holds variable=value."""
+    needle = f"{variable}={value}".encode()
     found = []
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
