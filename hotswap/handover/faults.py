@@ -17,14 +17,15 @@ import time
 from hotswap import log
 
 ENV = "HOTSWAP_FAULT"
+# The steps of this build's protocol (3). A successor serving an older VMM (protocols 1-2) also has
+# "after_restored" and "after_commit" on its RESTORED/COMMIT path.
 SENDER_STEPS = (
     "after_hello",
     "after_config",
     "after_ready",
     "after_pause",
     "after_state",
-    "after_restored",
-    "after_commit",
+    "after_resumed",
 )
 SUCCESSOR_STEPS = (
     "after_hello",
@@ -32,8 +33,7 @@ SUCCESSOR_STEPS = (
     "after_ready",
     "after_state",
     "after_restore",
-    "after_restored",
-    "after_commit",
+    "after_take",
     "after_resumed",
 )
 

@@ -1,8 +1,9 @@
 """The CONFIG message: the machine config plus where each fd in the message belongs.
 
-fds travel in this order: guest RAM memfds, console listener?, console log?, console clients, API listener, then
-the virtio devices' host fds (disk images, taps) in slot order, skipping devices without one (rng). The payload's
-"fds" map gives the counts, so the receiver can split the list and check that nothing is missing or extra."""
+fds travel in this order: guest RAM memfds, console listener?, console log?, console clients, API listener, the
+virtio devices' host fds (disk images, taps) in slot order, skipping devices without one (rng), then the ownership
+token (protocol 3; ownership.py). The payload's "fds" map gives the counts, so the receiver can split the list and
+check that nothing is missing or extra; a map without "ownership" (protocols 1-2, exec images) means none."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ class HandoverFds:
     console: ConsoleFds
     api_listener: int
     virtio: list[int] = field(default_factory=list)
+    ownership: list[int] = field(default_factory=list)  # the token's eventfd, or nothing
 
     def flat(self) -> list[int]:
         fds = list(self.memory)
@@ -29,10 +31,11 @@ class HandoverFds:
             fds.append(self.console.log_file)
         fds += self.console.clients
         fds.append(self.api_listener)
-        return fds + self.virtio
+        return fds + self.virtio + self.ownership
 
     def counts(self) -> dict[str, int]:
-        return {
+        """How many fds of each kind; "ownership" only when there is a token (older builds do not know the name)."""
+        counts = {
             "memory": len(self.memory),
             "console_listener": int(self.console.listener is not None),
             "console_log": int(self.console.log_file is not None),
@@ -40,10 +43,14 @@ class HandoverFds:
             "api_listener": 1,
             "virtio": len(self.virtio),
         }
+        if self.ownership:
+            counts["ownership"] = len(self.ownership)
+        return counts
 
     @classmethod
     def split(cls, counts: dict[str, Any], fds: tuple[int, ...] | list[int]) -> HandoverFds:
         """Rebuild the layout from the received fds; a count mismatch is an error (the caller closes the fds)."""
+        counts = {"ownership": 0, **counts} if isinstance(counts, dict) else counts
         check_fields(counts, frozenset(cls.example_counts()), path="fds")
         wanted = {name: get_field(counts, name, int, "fds") for name in cls.example_counts()}
         if sum(wanted.values()) != len(fds):
@@ -65,12 +72,16 @@ class HandoverFds:
         console = ConsoleFds(
             listener=listener[0] if listener else None, log_file=log_file[0] if log_file else None, clients=clients
         )
-        return cls(memory, console, api[0], take(wanted["virtio"]))
+        virtio = take(wanted["virtio"])
+        ownership = take(wanted["ownership"])
+        if len(ownership) > 1:
+            raise StateSchemaError("CONFIG may carry at most one ownership token fd")
+        return cls(memory, console, api[0], virtio, ownership)
 
     @staticmethod
     def example_counts() -> dict[str, int]:
         return dict.fromkeys(
-            ("memory", "console_listener", "console_log", "console_clients", "api_listener", "virtio"), 0
+            ("memory", "console_listener", "console_log", "console_clients", "api_listener", "virtio", "ownership"), 0
         )
 
 

@@ -1,19 +1,18 @@
-"""The old VMM's side of a live upgrade (DESIGN.md "Same-host handover").
+"""The old VMM's side of a live upgrade (DESIGN.md "Same-host handover"), protocol 3.
 
     old VMM                                   successor (`hotswap _successor --fd N`)
       spawn ------------------------------->  starts Python, imports
       <------------------------------- HELLO  versions it speaks
-      CONFIG + fds ------------------------>  builds VM, memslots, vCPUs, devices (guest still running here)
+      CONFIG + fds + ownership token ------>  builds VM, memslots, vCPUs, devices (guest still running here)
       <------------------------------- READY
       pause vCPUs, quiesce devices, capture
-      STATE ------------------------------->  restore vCPUs, VM, devices
-      <---------------------------- RESTORED
-      COMMIT ------------------------------>  (from here the old VMM never runs the guest again)
-                                              resume vCPUs, serve console and API
+      STATE ------------------------------->  restore vCPUs, VM, devices; take the token; resume vCPUs
       <----------------------------- RESUMED  its timings
       reply to the user, exit 0
 
-Any failure before COMMIT: kill the successor, wait for it to be gone, resume the guest here, report why.
+Whoever takes the ownership token (handover/ownership.py) runs the guest. On any failure (ERROR, a timeout, the
+successor dying) the old VMM takes the token, kills the successor, waits for it to be gone, resumes the guest here
+and reports why; if the token is already gone, the successor took the guest and the old VMM never runs it again.
 """
 
 from __future__ import annotations
@@ -31,6 +30,7 @@ from hotswap.api.actions import Upgrade
 from hotswap.errors import ApiError, HotswapError, UpgradeError
 from hotswap.handover.faults import consume, fault_point, mangle_state
 from hotswap.handover.layout import HandoverFds
+from hotswap.handover.ownership import OwnershipToken
 from hotswap.handover.session import TrackedChannel
 from hotswap.machine import priority
 from hotswap.machine.machine import RunState
@@ -44,9 +44,7 @@ from hotswap.wire.sender import Sender
 if TYPE_CHECKING:
     from hotswap.vmm import Vmm
 
-RESTORE_TIMEOUT = 5.0  # seconds the paused guest waits for the successor to restore its state
-RESUME_TIMEOUT = 5.0
-SPIN = 0.0  # busy-wait for replies inside the pause window: off, it starved the successor on a 2-core host
+RESUME_TIMEOUT = 5.0  # seconds the paused guest waits for the successor to restore its state and resume it
 
 
 def now_ns() -> int:
@@ -111,6 +109,7 @@ class _Session:
         self.boosted = False
         self.console_stopped = False
         self.committed = False
+        self.ownership = OwnershipToken.create()
 
     def remaining(self, deadline: float) -> float:
         return max(0.1, deadline - time.monotonic())
@@ -129,6 +128,7 @@ class _Session:
                 console=machine.console.fds(),
                 api_listener=self.vmm.api.listener_fd,
                 virtio=[fd for fd in machine.devices.host_fds() if fd is not None],
+                ownership=[self.ownership.fd],
             )
             console_mark = machine.console.mark()
             config = {
@@ -166,33 +166,34 @@ class _Session:
             captured = now_ns()
             wire.send(MessageType.STATE, mangle_state(blob, generation))
             fault_point("sender", generation, "after_state")
-            wire.recv(RESTORE_TIMEOUT, spin=SPIN)  # RESTORED
-            fault_point("sender", generation, "after_restored")
-            wire.send(MessageType.COMMIT)
-            self.committed = True
-            self.unboost()
+            resumed = decode(wire.recv(RESUME_TIMEOUT).payload)  # RESUMED: the successor took the guest and runs it
         except (WireError, HotswapError, OSError, ValueError) as exc:
             reason = self._describe_failure(exc)
+            if not self.ownership.take():  # the successor took the guest before we could take it back
+                self._handed_over()
+                raise UpgradeError(
+                    f"the successor (pid {self.process.pid}) took the guest but did not confirm it runs: {reason}"
+                ) from None
             self._roll_back(reason)
             raise UpgradeError(f"upgrade failed, the guest keeps running in pid {os.getpid()}: {reason}") from None
 
-        # ---- committed: the guest belongs to the successor now ----
-        machine.abandon()
-        fault_point("sender", generation, "after_commit")
-        try:
-            resumed = decode(wire.recv(RESUME_TIMEOUT).payload)
-        except WireError as exc:
-            self.vmm.mark_handed_over()
-            raise UpgradeError(
-                f"the successor (pid {self.process.pid}) took the guest but did not confirm it runs: {exc}"
-            ) from None
-        self.vmm.mark_handed_over()
-        gc.enable()
+        # ---- the guest belongs to the successor now ----
+        self._handed_over()
+        fault_point("sender", generation, "after_resumed")
         result = _result(
             self, hello, started, hello_at, ready, ready_at, pause_requested, window, quiesced, captured, blob, resumed
         )
         self.log.info("upgrade.done", **{k: v for k, v in result.items() if not isinstance(v, dict)})
         return result
+
+    def _handed_over(self) -> None:
+        """The successor owns the guest: stop our threads without touching it, and never resume it here."""
+        self.committed = True
+        self.unboost()
+        self.machine.abandon()
+        self.vmm.mark_handed_over()
+        self.ownership.close()
+        gc.enable()
 
     def unboost(self) -> None:
         if self.boosted:
@@ -207,7 +208,7 @@ class _Session:
         return str(exc)
 
     def _roll_back(self, reason: str) -> None:
-        """Before COMMIT: make sure the successor is gone, then let the guest run here again."""
+        """We hold the token again: make sure the successor is gone, then let the guest run here again."""
         self.log.warning("upgrade.rollback", reason=reason, paused=self.paused)
         try:
             self.channel.send_abort(ErrorCode.ABORTED, reason, timeout=0.5)
@@ -225,6 +226,7 @@ class _Session:
         elif self.console_stopped:
             self.machine.console.start()
         self.unboost()
+        self.ownership.close()
         gc.enable()
         self.vmm.api.start()
 

@@ -1,9 +1,13 @@
 """The successor's side of a live upgrade: `hotswap _successor --fd N`, started by the old VMM.
 
 Receiver states (anything out of order is a protocol error that aborts without touching the guest):
-  STARTED -> HELLO sent -> CONFIGURED (VM built from CONFIG + fds) -> READY sent -> STATE received -> RESTORED sent
-  -> COMMITTED -> RESUMED. Until COMMIT the guest's vCPUs never run here; after COMMIT they only run here.
-If the old VMM dies after it sent STATE (its socket closes and its pid is gone), this process takes over.
+  STARTED -> HELLO sent -> CONFIGURED (VM built from CONFIG + fds) -> READY sent -> STATE received, restored ->
+  protocol 3: take the ownership token (handover/ownership.py), resume, RESUMED sent. Without the token (the old VMM
+  took it back) the guest's vCPUs never run here. An old VMM that died after STATE left the token, so this process
+  takes over by taking it.
+  protocols 1-2 (older VMMs): RESTORED sent -> COMMIT received -> resume -> RESUMED sent. Until COMMIT the guest's
+  vCPUs never run here; if the old VMM dies after it sent STATE (its socket closes and its pid is gone), this process
+  takes over.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from hotswap.config import MachineConfig
 from hotswap.errors import HotswapError
 from hotswap.handover.faults import fault_point
 from hotswap.handover.layout import HandoverFds, virtio_fds_for
+from hotswap.handover.ownership import OwnershipToken
 from hotswap.handover.session import TrackedChannel
 from hotswap.machine import priority
 from hotswap.machine.machine import Machine
@@ -42,18 +47,20 @@ from hotswap.wire.messages import ErrorCode, MessageType
 from hotswap.wire.receiver import Receiver
 
 CONFIG_TIMEOUT = 60.0  # the old VMM sends CONFIG right after our HELLO (before we know its --timeout)
-DEFAULT_STEP_TIMEOUT = 30.0  # for STATE and COMMIT when the old VMM does not say (protocol 1)
+DEFAULT_STEP_TIMEOUT = 30.0  # for STATE (and COMMIT) when the old VMM does not say (protocol 1)
 OLD_EXIT_GRACE = 5.0
 # Busy-wait for messages due within the pause window rather than sleep in poll() (whose wake-up costs more here):
 STATE_SPIN = 0.0  # measured: spinning here starves the old VMM of the CPU it needs to capture (2-core host)
 COMMIT_SPIN = 0.0  # after the channel closes, how long we wait to see the old VMM's pid go away
 
 
+_CONFIG_V2 = frozenset(
+    {"protocol", "timeout_ms", "config", "console_history", "generation", "booted_at_ns", "memory", "fds"}
+)
 CONFIG_FIELDS = {
     1: frozenset({"config", "generation", "booted_at_ns", "memory", "fds"}),
-    2: frozenset(
-        {"protocol", "timeout_ms", "config", "console_history", "generation", "booted_at_ns", "memory", "fds"}
-    ),
+    2: _CONFIG_V2,
+    3: _CONFIG_V2,  # the same fields; the fds include the ownership token
 }
 
 
@@ -62,7 +69,7 @@ def config_message_fields(message: object) -> dict[str, Any]:
     no console history travels ahead of the state, and its disk and tap fd counts are the virtio count."""
     protocol = message.get("protocol", 1) if isinstance(message, dict) else 1
     if protocol not in CONFIG_FIELDS:
-        raise StateSchemaError(f"CONFIG of protocol {protocol!r}: this build reads protocols 1 and 2")
+        raise StateSchemaError(f"CONFIG of protocol {protocol!r}: this build reads protocols 1, 2 and 3")
     fields = check_fields(message, CONFIG_FIELDS[protocol], path="CONFIG")
     if protocol == 1:
         counts = dict(get_field(fields, "fds", dict, "CONFIG"))
@@ -97,14 +104,16 @@ def run_successor(fd: int) -> int:
 class _Successor:
     def __init__(self, channel: Channel, old_pid: int, old_pidfd: int) -> None:
         self.channel = channel
-        self.wire = TrackedChannel(channel, Receiver())  # enforces HELLO, CONFIG, READY, STATE, ... in order
+        self.receiver = Receiver()  # protocol 3's sequence until CONFIG names another
+        self.wire = TrackedChannel(channel, self.receiver)  # enforces HELLO, CONFIG, READY, STATE, ... in order
+        self.ownership: OwnershipToken | None = None  # protocol 3
         self.old_pid = old_pid
         self.old_pidfd = old_pidfd
         self.machine: Machine | None = None
         self.vmm: Vmm | None = None
         self.generation = 0
         self.console_history = b""
-        self.step_timeout = DEFAULT_STEP_TIMEOUT  # how long we wait for STATE and COMMIT: the old VMM's --timeout
+        self.step_timeout = DEFAULT_STEP_TIMEOUT  # how long we wait for STATE (and COMMIT): the old VMM's --timeout
         self.restore_detail: dict[str, int] = {}
         self.log = log.get("handover").bind(side="successor")
 
@@ -154,6 +163,24 @@ class _Successor:
             return exitcodes.ERROR
         restored = now_ns()
         fault_point("successor", self.generation, "after_restore")
+        if self.ownership is not None:
+            return self._take_ownership(state_received, restored)
+        return self._wait_for_commit(state_received, restored)
+
+    def _take_ownership(self, state_received: int, restored: int) -> int:
+        """Protocol 3: the guest is ours if we take the token before the old VMM takes it back."""
+        assert self.ownership is not None
+        if not self.ownership.take():
+            self.log.warning("handover.aborted", reason="the old VMM took the guest back before we could take it")
+            self._discard()
+            return exitcodes.ERROR
+        taken = now_ns()
+        fault_point("successor", self.generation, "after_take")
+        return self._take_over(state_received, restored, taken, confirm=True)
+
+    def _wait_for_commit(self, state_received: int, restored: int) -> int:
+        """Protocols 1-2: RESTORED, then the guest is ours once COMMIT arrives (or once the old VMM is dead)."""
+        wire = self.wire
         try:
             wire.send(MessageType.RESTORED)
             fault_point("successor", self.generation, "after_restored")
@@ -172,6 +199,7 @@ class _Successor:
             self.log.warning("handover.aborted", reason=str(exc))
             self._discard()
             return exitcodes.ERROR
+        fault_point("successor", self.generation, "after_commit")
         return self._take_over(state_received, restored, now_ns(), confirm=True)
 
     def _peek_generation(self, payload: bytes) -> int:
@@ -186,6 +214,7 @@ class _Successor:
         """Build the whole machine from CONFIG before the old VMM pauses anything."""
         started = now_ns()
         message = config_message_fields(decode(payload))
+        protocol = get_field(message, "protocol", int, "CONFIG")
         self.console_history = get_field(message, "console_history", bytes)
         timeout_ms = get_field(message, "timeout_ms", int, "CONFIG")
         if not 0 < timeout_ms <= 600_000:
@@ -194,6 +223,13 @@ class _Successor:
         config = MachineConfig.from_dict(get_field(message, "config", dict))
         self.generation = get_field(message, "generation", int)
         layout = HandoverFds.split(get_field(message, "fds", dict), fds)
+        if protocol >= 3:
+            if len(layout.ownership) != 1:
+                raise StateSchemaError(f"CONFIG of protocol {protocol} must carry the ownership token fd")
+            self.ownership = OwnershipToken(layout.ownership[0])
+        elif layout.ownership:
+            raise StateSchemaError(f"CONFIG of protocol {protocol} carries an ownership token fd")
+        self.receiver.use_protocol(protocol)
         log.bind(vm=config.name, generation=self.generation)
         self.machine = Machine.create(
             config,
@@ -210,8 +246,8 @@ class _Successor:
         return {"build_us": (now_ns() - started) // 1000, **self.machine.platform.timings_us}
 
     def _take_over(self, state_received: int, restored: int, committed: int, confirm: bool) -> int:
+        """The guest is ours (token taken, or COMMIT received, or the old VMM is dead): run it."""
         assert self.machine is not None and self.vmm is not None
-        fault_point("successor", self.generation, "after_commit")
         resumed = self.machine.resume()
         self.machine.devices.resume()
         gc.enable()
@@ -220,7 +256,7 @@ class _Successor:
         timings = {
             "state_received_ns": state_received,
             "restored_ns": restored,
-            "commit_received_ns": committed,
+            "commit_received_ns": committed,  # protocol 3: when we took the token
             "resumed_ns": resumed,
             "restore_detail_us": self.restore_detail,
         }
@@ -230,6 +266,8 @@ class _Successor:
             except (WireError, OSError):
                 pass  # the old VMM is gone; the guest runs here regardless
         self.channel.close()
+        if self.ownership is not None:
+            self.ownership.close()
         priority.unboost()
         fault_point("successor", self.generation, "after_resumed")
         self.log.info("handover.resumed", generation=self.generation, pid=os.getpid(), registry=str(registry.run_dir()))

@@ -20,9 +20,12 @@ from dataclasses import dataclass, field
 from enum import IntEnum
 
 # Protocol 2: CONFIG carries "protocol", "console_history" (sent before the pause) and one "virtio" fd count where
-# protocol 1 had "disks" and "taps". A successor also accepts protocol 1 from an old VMM (N-1 -> N).
-PROTOCOL_VERSION = 2
-SUPPORTED_PROTOCOL_VERSIONS = (PROTOCOL_VERSION - 1, PROTOCOL_VERSION)  # a successor reads its own and the one before
+# protocol 1 had "disks" and "taps".
+# Protocol 3: CONFIG carries an ownership token (an eventfd, hotswap/handover/ownership.py); after STATE the
+# successor takes it and resumes the guest at once, then sends RESUMED: no RESTORED/COMMIT round trip in the pause.
+# A successor also accepts protocols 1 and 2 from an old VMM (and then waits for COMMIT as they expect).
+PROTOCOL_VERSION = 3
+SUPPORTED_PROTOCOL_VERSIONS = (1, 2, PROTOCOL_VERSION)  # a successor reads every protocol an upgradable build sent
 
 MAGIC = b"HS"
 KNOWN_FLAGS = 0x0000
@@ -37,11 +40,11 @@ class MessageType(IntEnum):
     CONFIG = 2  # old -> successor: machine config (codec dict) + fds
     READY = 3  # successor -> old: VM built, waiting for state
     STATE = 4  # old -> successor: state container (hotswap.state.pack)
-    RESTORED = 5  # successor -> old: state restored, waiting for COMMIT
-    COMMIT = 6  # old -> successor: the guest is yours; the old VMM never runs it again
-    RESUMED = 7  # successor -> old: vCPUs running (payload: codec dict of timings)
+    RESTORED = 5  # protocols 1-2, successor -> old: state restored, waiting for COMMIT
+    COMMIT = 6  # protocols 1-2, old -> successor: the guest is yours; the old VMM never runs it again
+    RESUMED = 7  # successor -> old: it owns the guest and its vCPUs run (payload: codec dict of timings)
     ERROR = 8  # either way: ErrorCode + message
-    ABORT = 9  # either way, before COMMIT: give the operation up (ErrorCode + reason)
+    ABORT = 9  # either way, before the commit point: give the operation up (ErrorCode + reason)
     # Cross-host migration: reserved, not implemented yet. 0x80..0xFF are for migration.
     MEMORY_PAGES = 0x80  # a run of guest pages (pre-copy or post-copy push)
     DIRTY_ROUND = 0x81  # start / end of a pre-copy round of dirty pages

@@ -1,23 +1,33 @@
 """The successor's side of a handover, as an explicit state machine.
 
+Protocol 3 (this build's old VMMs):
+
     successor                         old VMM
     STARTED      --- HELLO ------->
-    HELLO_SENT   <-- CONFIG + fds ---
+    HELLO_SENT   <-- CONFIG + fds ---    (the fds include the ownership token)
     CONFIGURED   --- READY ------->      (VM, memslots, vCPUs, devices built before any pause)
     READY_SENT   <-- STATE ----------    (old VMM has paused the guest)
+    STATE_RECEIVED                       restore, take the token, resume the guest
+                 --- RESUMED ----->
+    RESUMED
+
+Protocols 1 and 2 (older VMMs handing over to this build) put a round trip before the resume instead of the token:
+
     STATE_RECEIVED --- RESTORED --->
     RESTORED_SENT <-- COMMIT --------    commit point: from here the guest is the successor's
     COMMITTED    --- RESUMED ----->
     RESUMED
 
-ERROR or ABORT (either way) before COMMITTED -> ABORTED: the old VMM resumes the guest.
+The sequence is protocol 3's until CONFIG says otherwise (`use_protocol`). ERROR or ABORT (either way) before the
+commit point -> ABORTED: the old VMM resumes the guest.
 """
 
 from __future__ import annotations
 
 from enum import Enum
 
-from hotswap.wire.messages import MessageType
+from hotswap.wire.errors import ProtocolError
+from hotswap.wire.messages import PROTOCOL_VERSION, SUPPORTED_PROTOCOL_VERSIONS, MessageType
 from hotswap.wire.statemachine import HandoverStateMachine, Step
 
 
@@ -27,18 +37,22 @@ class ReceiverState(Enum):
     CONFIGURED = "configured"
     READY_SENT = "ready-sent"
     STATE_RECEIVED = "state-received"
-    RESTORED_SENT = "restored-sent"
-    COMMITTED = "committed"
+    RESTORED_SENT = "restored-sent"  # protocols 1-2
+    COMMITTED = "committed"  # protocols 1-2
     RESUMED = "resumed"
     ABORTED = "aborted"
 
 
 _R = ReceiverState
-_STEPS = {
+_COMMON = {
     _R.STARTED: Step(MessageType.HELLO, True, _R.HELLO_SENT),
     _R.HELLO_SENT: Step(MessageType.CONFIG, False, _R.CONFIGURED),
     _R.CONFIGURED: Step(MessageType.READY, True, _R.READY_SENT),
     _R.READY_SENT: Step(MessageType.STATE, False, _R.STATE_RECEIVED),
+}
+_TOKEN_STEPS = {**_COMMON, _R.STATE_RECEIVED: Step(MessageType.RESUMED, True, _R.RESUMED)}
+_COMMIT_STEPS = {
+    **_COMMON,
     _R.STATE_RECEIVED: Step(MessageType.RESTORED, True, _R.RESTORED_SENT),
     _R.RESTORED_SENT: Step(MessageType.COMMIT, False, _R.COMMITTED),
     _R.COMMITTED: Step(MessageType.RESUMED, True, _R.RESUMED),
@@ -47,6 +61,20 @@ _STEPS = {
 
 class Receiver(HandoverStateMachine[ReceiverState]):
     role = "handover receiver"
+    protocol: int
 
-    def __init__(self) -> None:
-        super().__init__(_R.STARTED, _STEPS, committed=_R.COMMITTED, aborted=_R.ABORTED)
+    def __init__(self, protocol: int = PROTOCOL_VERSION) -> None:
+        super().__init__(_R.STARTED, _TOKEN_STEPS, committed=_R.RESUMED, aborted=_R.ABORTED)
+        self.use_protocol(protocol)
+
+    def use_protocol(self, protocol: int) -> None:
+        """Follow the sequence of `protocol` (known once CONFIG arrived; it must not have gone past CONFIGURED)."""
+        if protocol not in SUPPORTED_PROTOCOL_VERSIONS:
+            raise ProtocolError(f"{self.role}: protocol {protocol} is not one of {SUPPORTED_PROTOCOL_VERSIONS}")
+        if self.state not in (_R.STARTED, _R.HELLO_SENT, _R.CONFIGURED):
+            raise ProtocolError(f"{self.role}: cannot change the protocol in state {self.state.name}")
+        if protocol >= 3:
+            self._use(_TOKEN_STEPS, committed=_R.RESUMED)
+        else:
+            self._use(_COMMIT_STEPS, committed=_R.COMMITTED)
+        self.protocol = protocol

@@ -1,10 +1,10 @@
 """The old VMM's side of a handover, as an explicit state machine (the mirror of receiver.py).
 
-    STARTED -> HELLO_RECEIVED -> CONFIG_SENT -> READY_RECEIVED -> STATE_SENT -> RESTORED_RECEIVED
-            -> COMMITTED (COMMIT sent) -> RESUMED (RESUMED received)
+    STARTED -> HELLO_RECEIVED -> CONFIG_SENT -> READY_RECEIVED -> STATE_SENT -> RESUMED (RESUMED received)
 
-Before COMMITTED the guest is the old VMM's: any failure (ERROR, ABORT, timeout, the successor dying) means the old
-VMM resumes it. From COMMITTED on it never runs the guest again.
+This build sends protocol 3 only. After STATE the guest belongs to whoever takes the ownership token first
+(hotswap/handover/ownership.py): the successor, which then resumes it and sends RESUMED, or the old VMM rolling back
+after an error or a timeout. The wire's own commit point is RESUMED: nothing can abort after it.
 """
 
 from __future__ import annotations
@@ -21,8 +21,6 @@ class SenderState(Enum):
     CONFIG_SENT = "config-sent"
     READY_RECEIVED = "ready-received"
     STATE_SENT = "state-sent"
-    RESTORED_RECEIVED = "restored-received"
-    COMMITTED = "committed"
     RESUMED = "resumed"
     ABORTED = "aborted"
 
@@ -33,9 +31,7 @@ _STEPS = {
     _S.HELLO_RECEIVED: Step(MessageType.CONFIG, True, _S.CONFIG_SENT),
     _S.CONFIG_SENT: Step(MessageType.READY, False, _S.READY_RECEIVED),
     _S.READY_RECEIVED: Step(MessageType.STATE, True, _S.STATE_SENT),
-    _S.STATE_SENT: Step(MessageType.RESTORED, False, _S.RESTORED_RECEIVED),
-    _S.RESTORED_RECEIVED: Step(MessageType.COMMIT, True, _S.COMMITTED),
-    _S.COMMITTED: Step(MessageType.RESUMED, False, _S.RESUMED),
+    _S.STATE_SENT: Step(MessageType.RESUMED, False, _S.RESUMED),
 }
 
 
@@ -43,9 +39,9 @@ class Sender(HandoverStateMachine[SenderState]):
     role = "handover sender"
 
     def __init__(self) -> None:
-        super().__init__(_S.STARTED, _STEPS, committed=_S.COMMITTED, aborted=_S.ABORTED)
+        super().__init__(_S.STARTED, _STEPS, committed=_S.RESUMED, aborted=_S.ABORTED)
 
     @property
-    def owns_guest(self) -> bool:
-        """True while the old VMM must (keep or resume) running the guest: everything before COMMIT."""
-        return not self.committed
+    def state_sent(self) -> bool:
+        """STATE is out: from here the ownership token, not the wire, says who runs the guest."""
+        return self.state in (_S.STATE_SENT, _S.RESUMED)

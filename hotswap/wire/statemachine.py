@@ -2,8 +2,8 @@
 
 Each side walks one fixed sequence. Every message it sends or receives is fed to `advance`, which moves to the next
 state or raises ProtocolError naming the message and the state ("got STATE in state HELLO_SENT"). ERROR and ABORT,
-in either direction, end the sequence in ABORTED from any state before the commit point; after COMMIT the guest
-belongs to the successor and nothing can abort it any more.
+in either direction, end the sequence in ABORTED from any state before the commit point; after it the guest belongs
+to the successor and nothing can abort it any more.
 """
 
 from __future__ import annotations
@@ -38,11 +38,18 @@ class HandoverStateMachine(Generic[S]):
 
     def __init__(self, start: S, steps: Mapping[S, Step[S]], committed: S, aborted: S) -> None:
         self.state = start
-        self._steps = steps
         self._aborted = aborted
-        order = [start]
+        self._start = start
+        self._use(steps, committed)
+
+    def _use(self, steps: Mapping[S, Step[S]], committed: S) -> None:
+        """Walk `steps` from here on (a successor learns the protocol, and with it the sequence, from CONFIG)."""
+        order = [self._start]
         while order[-1] in steps:
             order.append(steps[order[-1]].target)
+        if self.state not in order and self.state != self._aborted:
+            raise ProtocolError(f"{self.role}: state {self.state.name} is not part of the new sequence")
+        self._steps = steps
         self._final = order[-1]
         self._committed_from = order.index(committed)  # states at or after this index cannot abort
         self._order = order

@@ -6,7 +6,9 @@ the stream is still in step, answer ERROR with a code and a message saying what 
 
 The machine it is offered is real: 64 MiB, 1 vCPU, the test guest loaded into a memfd by this process, and a state
 captured from that never-run vCPU at the guest's entry point, so a successor that resumed it would boot the guest
-(test_the_checks_see_a_successor_that_runs_the_guest proves the checks notice).
+(test_the_checks_see_a_successor_that_runs_the_guest proves the checks notice). Where the state goes out, the test
+first takes the ownership token back, as a real old VMM does before it gives up (protocol 3): the successor must find
+it gone. One case speaks protocol 2 (RESTORED/COMMIT, no token), as an older VMM does.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from hotswap import exitcodes
 from hotswap.boot import load_kernel, split_ram
 from hotswap.config import MachineConfig
 from hotswap.handover.layout import HandoverFds
+from hotswap.handover.ownership import OwnershipToken
 from hotswap.machine.boot_cpu import apply_boot_plan
 from hotswap.machine.console import ConsoleFds
 from hotswap.machine.machine import Machine
@@ -121,6 +124,7 @@ class OldVmm:
         theirs.close()
         self.channel = Channel(ours, peer="successor")
         self.closed = False
+        self.ownership = OwnershipToken.create()
 
     # -- the protocol, done right ---------------------------------------------------------------------------------
     def hello(self) -> Hello:
@@ -131,6 +135,7 @@ class OldVmm:
             memory=list(self.offer.memory_fds),
             console=ConsoleFds(log_file=self.console_fd),
             api_listener=self.api.fileno(),
+            ownership=[self.ownership.fd],
         )
 
     def config_message(self, **changes: Any) -> dict[str, Any]:
@@ -163,6 +168,10 @@ class OldVmm:
         return pack(self.offer.tree)
 
     # -- endings ----------------------------------------------------------------------------------------------
+    def take_back(self) -> None:
+        """Take the ownership token, as an old VMM rolling back does: the guest is ours again."""
+        assert self.ownership.take(), "the successor took the token"
+
     def close(self) -> None:
         """The old VMM goes away from the channel (it stays alive: the successor's parent is this test)."""
         self.channel.close()
@@ -187,6 +196,7 @@ class OldVmm:
             self.close()
         os.close(self.console_fd)
         self.api.close()
+        self.ownership.close()
         try:
             self.process.wait(EXIT_TIMEOUT)
         except subprocess.TimeoutExpired:
@@ -302,17 +312,45 @@ def close_after_ready(old: OldVmm) -> None:
     old.close()
 
 
+def state_after_take_back(old: OldVmm) -> None:
+    """The old VMM took the guest back (as after a timeout) by the time the successor restored the state."""
+    old.ready()
+    old.take_back()
+    old.channel.send(MessageType.STATE, old.state_blob())
+
+
+def abort_after_state(old: OldVmm) -> None:
+    old.ready()
+    old.take_back()
+    old.channel.send(MessageType.STATE, old.state_blob())
+    old.channel.send_abort(ErrorCode.TIMEOUT, "the successor took too long")
+    old.close()
+
+
 def close_after_state(old: OldVmm) -> None:
     old.ready()
+    old.take_back()
     old.channel.send(MessageType.STATE, old.state_blob())
     old.close()
 
 
-def close_after_restored(old: OldVmm) -> None:
-    old.ready()
+def close_after_restored_protocol_2(old: OldVmm) -> None:
+    """An older VMM (protocol 2: no token) leaves after RESTORED but stays alive: no takeover from a live peer."""
+    old.hello()
+    fds = old.fds()
+    fds.ownership = []
+    old.send_config(payload=encode(old.config_message(protocol=2, fds=fds.counts())), fds=fds.flat())
+    old.channel.recv(REPLY_TIMEOUT, {MessageType.READY})
     old.channel.send(MessageType.STATE, old.state_blob())
     old.channel.recv(REPLY_TIMEOUT, {MessageType.RESTORED})
     old.close()
+
+
+def config_without_token(old: OldVmm) -> None:
+    old.hello()
+    fds = old.fds()
+    fds.ownership = []
+    old.send_config(payload=encode(old.config_message(fds=fds.counts())), fds=fds.flat())
 
 
 @dataclass(frozen=True)
@@ -350,7 +388,10 @@ CASES = {
     "close-after-config": Case(close_after_config),
     "close-after-ready": Case(close_after_ready),
     "close-after-state": Case(close_after_state),
-    "close-after-restored": Case(close_after_restored),
+    "state-after-take-back": Case(state_after_take_back),
+    "abort-after-state": Case(abort_after_state),
+    "close-after-restored-protocol-2": Case(close_after_restored_protocol_2),
+    "config-without-token": Case(config_without_token, ErrorCode.BAD_CONFIG, ("ownership token",)),
 }
 
 
@@ -429,15 +470,14 @@ def test_successor_says_why(run_case: Callable[[str], Result], name: str) -> Non
 
 
 def test_the_checks_see_a_successor_that_runs_the_guest(offer: Offer, tmp_path: Path) -> None:
-    """The whole handover done right: after COMMIT the successor runs the guest, and the checks above see it."""
+    """The whole handover done right: the successor takes the token and runs the guest, and the checks above see it."""
     before = offer.digest()
     old = OldVmm(offer, tmp_path)
     try:
         old.ready()
         old.channel.send(MessageType.STATE, old.state_blob())
-        old.channel.recv(REPLY_TIMEOUT, {MessageType.RESTORED})
-        old.channel.send(MessageType.COMMIT)
         old.channel.recv(REPLY_TIMEOUT, {MessageType.RESUMED})
+        assert not old.ownership.take(), "the successor runs the guest without holding the token"
         deadline = time.monotonic() + 30
         while "hsg: status" not in old.console_log.read_text() and time.monotonic() < deadline:
             time.sleep(0.05)

@@ -40,6 +40,8 @@ pytestmark = pytest.mark.kvm
 # The earliest commit with a working `hotswap upgrade` (`git log`: hotswap/handover/ and hotswap/upgrade_cli.py
 # arrive together here; the CLI named the command earlier, but it could not run).
 FIRST_UPGRADE_COMMIT = "02c5a7e"
+# The last build whose old VMM speaks protocol 2 (RESTORED/COMMIT); protocol 3 (the ownership token) follows it.
+LAST_PROTOCOL_2_COMMIT = "4150543"
 PACKAGES = ("kvm", "devices", "hotswap")
 MEM = "64M"
 
@@ -171,6 +173,7 @@ def start_with(build: Build, vm: GuestVm, kernel: Path, cpus: int, outside: Path
     "commit",
     [
         pytest.param(FIRST_UPGRADE_COMMIT, id="first-upgrade-build"),
+        pytest.param(LAST_PROTOCOL_2_COMMIT, id="last-protocol-2-build"),
         pytest.param("HEAD", id="last-commit"),
     ],
 )

@@ -1,26 +1,28 @@
 """The live upgrade's safety rules (DESIGN.md "Same-host handover"), proved by a fault at every handover step.
 
 Each case starts the test guest with HOTSWAP_FAULT="SIDE@GEN:STEP:ACTION" in the VMM's environment (successors
-inherit it; hotswap/handover/faults.py), runs `hotswap upgrade`, and checks what must hold afterwards:
+inherit it; hotswap/handover/faults.py), runs `hotswap upgrade`, and checks what must hold afterwards. After STATE,
+whoever takes the ownership token runs the guest (hotswap/handover/ownership.py):
 
-  rollback       a failure before COMMIT: the old VMM (same pid) runs the guest on, `hotswap upgrade` exits 1 with one
-                 line naming what happened, and a second upgrade succeeds (a fault fires once: faults.py forgets it)
+  rollback       a failure before the successor took the token: the old VMM (same pid) takes it, runs the guest on,
+                 `hotswap upgrade` exits 1 with one line naming what happened, and a second upgrade succeeds (a
+                 fault fires once: faults.py forgets it)
   old-died       the old VMM itself dies before it sent STATE: its guest dies with it (nobody has its state); the
                  successor gives up without running the guest and nothing is left behind
-  takeover       the old VMM dies after it sent STATE: the successor takes the guest over (new pid)
-  lost           the successor dies or hangs after COMMIT, before it resumed the guest: the documented loss; the old
-                 VMM keeps its promise and never runs the guest again, so no VMM runs it
-  rollback|lost  the successor dies right after RESTORED: whether COMMIT went out first is a race, so either
+  takeover       the old VMM dies after it sent STATE: the successor takes the token and the guest (new pid)
+  lost           the successor dies or hangs after it took the token, before it resumed the guest: the documented
+                 loss; the old VMM finds the token gone and never runs the guest again, so no VMM runs it
   upgraded       the upgrade completed (the successor fails only after it resumed the guest: a hung one runs it on, one
                  that dies takes it along, like any VMM that crashes)
-  sender-hung-*  the old VMM hangs: the successor waits out its own timeout and must not take over a live peer
+  sender-hung-*  the old VMM hangs: before STATE the successor waits out its own timeout and must not take over a
+                 live peer; after STATE the successor takes the token and runs the guest while the old VMM hangs
 
 Every case also checks the guest's console: one boot, status seq numbers without a gap or a repeat (two VMMs running
 the guest would print twice), integrity=ok, counters rising while it runs and frozen when nobody runs it.
 
-The default suite runs a kill at every step on both sides, every successor hang, the sender hang after COMMIT and
+The default suite runs a kill at every step on both sides, every successor hang, the sender hangs after STATE and
 the three state-data faults. HOTSWAP_UPGRADE_MATRIX=full adds `exit` at every step (the same abrupt end as a kill,
-with status 1) and the sender hangs before COMMIT, which wait out the successor's fixed timeouts (30 to 120 s each).
+with status 1) and the sender hangs before STATE, which wait out the successor's timeouts (30 to 60 s each).
 """
 
 from __future__ import annotations
@@ -57,12 +59,11 @@ class Outcome(enum.Enum):
     OLD_DIED = "old-died"
     TAKEOVER = "takeover"
     LOST = "lost"
-    ROLLBACK_OR_LOST = "rollback|lost"
     UPGRADED = "upgraded"
     UPGRADED_THEN_DIED = "upgraded-then-died"
     SENDER_HUNG_GUEST_RUNS = "sender-hung-guest-runs"
     SENDER_HUNG_GUEST_PAUSED = "sender-hung-guest-paused"
-    SENDER_HUNG_AFTER_COMMIT = "sender-hung-after-commit"
+    SENDER_HUNG_AFTER_STATE = "sender-hung-after-state"
 
 
 @dataclass(frozen=True)
@@ -95,9 +96,9 @@ def sender_case(step: str, action: str) -> Case:
         # The old VMM is the only one with the guest's state until STATE is on the wire.
         outcome = Outcome.OLD_DIED if step in BEFORE_STATE else Outcome.TAKEOVER
         return Case("sender", step, action, outcome, cpus=1 if outcome is Outcome.OLD_DIED else 2)
-    if step == "after_commit":
-        return Case("sender", step, action, Outcome.SENDER_HUNG_AFTER_COMMIT)
-    # Only the successor's own timeouts apply: 60 s for CONFIG, 120 s for STATE, 30 s for COMMIT.
+    if step not in BEFORE_STATE:
+        return Case("sender", step, action, Outcome.SENDER_HUNG_AFTER_STATE)
+    # Only the successor's own timeouts apply: 60 s for CONFIG, the old VMM's --timeout (30 s) for STATE.
     runs = step in ("after_hello", "after_config", "after_ready")
     outcome = Outcome.SENDER_HUNG_GUEST_RUNS if runs else Outcome.SENDER_HUNG_GUEST_PAUSED
     return Case("sender", step, action, outcome, full_only=True)
@@ -107,12 +108,10 @@ def successor_case(step: str, action: str) -> Case:
     before_ready = step in ("after_hello", "after_config")
     if step in ("after_hello", "after_config", "after_ready", "after_state", "after_restore"):
         if action == "hang":
-            waited = "READY" if before_ready else "RESTORED"
+            waited = "READY" if before_ready else "RESUMED"
             return Case("successor", step, action, Outcome.ROLLBACK, rf"timed out .*waiting for {waited}")
         return Case("successor", step, action, Outcome.ROLLBACK, SUCCESSOR_GONE, cpus=1 if before_ready else 2)
-    if step == "after_restored" and action != "hang":
-        return Case("successor", step, action, Outcome.ROLLBACK_OR_LOST, SUCCESSOR_GONE)
-    if step in ("after_restored", "after_commit"):
+    if step == "after_take":
         return Case("successor", step, action, Outcome.LOST, cpus=1)
     assert step == "after_resumed", f"no expected outcome for successor step {step}"
     return Case("successor", step, action, Outcome.UPGRADED if action == "hang" else Outcome.UPGRADED_THEN_DIED)
@@ -135,7 +134,7 @@ def _params() -> list[object]:
     """Every case; `exit` (the same abrupt end as `kill`, with status 1) and the slow sender hangs only in full."""
     skip = pytest.mark.skipif(
         not FULL_MATRIX,
-        reason="full matrix only: set HOTSWAP_UPGRADE_MATRIX=full (exit cases; sender hangs wait 30-120 s)",
+        reason="full matrix only: set HOTSWAP_UPGRADE_MATRIX=full (exit cases; sender hangs before STATE wait 30-60 s)",
     )
     return [
         pytest.param(case, id=case.id, marks=[skip] if case.full_only or case.action == "exit" else [])
@@ -237,13 +236,10 @@ def test_fault_during_upgrade(
     if case.outcome.name.startswith("SENDER_HUNG"):
         check_sender_hang(vm, case, old_pid, before)
         return
-    # The sender's --timeout covers HELLO..READY; after READY it waits for RESTORED / RESUMED for a fixed 5 s.
+    # The sender's --timeout covers HELLO..READY; after STATE it waits for RESUMED for a fixed 5 s.
     short = case.action == "hang" and case.step in ("after_hello", "after_config")
     result = upgrade(vm, *(("--timeout", HANG_TIMEOUT) if short else ()))
     outcome = case.outcome
-    if outcome is Outcome.ROLLBACK_OR_LOST:
-        committed = "took the guest but did not confirm" in result.stderr
-        outcome = Outcome.LOST if committed else Outcome.ROLLBACK
 
     if outcome is Outcome.ROLLBACK:
         error = one_line_error(result)
@@ -275,7 +271,7 @@ def test_fault_during_upgrade(
         if case.action == "hang":  # it hangs with the guest, never resumed; the old VMM has exited
             wait_pids(vm, lambda pids: pids == [successor], f"only the hung successor {successor}")
         else:
-            wait_pids(vm, lambda pids: not pids, "no VMM left (the documented loss after COMMIT)")
+            wait_pids(vm, lambda pids: not pids, "no VMM left (the documented loss after the successor took over)")
         assert_guest_frozen(vm)
 
     elif outcome is Outcome.UPGRADED:
@@ -309,7 +305,7 @@ def check_sender_hang(vm: GuestVm, case: Case, old_pid: int, before: list[Status
             return [p for p in pids if p != cli.pid]
 
         wait_pids(vm, lambda pids: len(vmms(pids)) == 2, "the old VMM and its successor", timeout=30)
-        if case.outcome is Outcome.SENDER_HUNG_AFTER_COMMIT:
+        if case.outcome is Outcome.SENDER_HUNG_AFTER_STATE:
             # The successor runs the guest (it rewrote the registry record); the old VMM, still alive and hung,
             # stopped its vCPUs before it hung: two running copies would print every status line twice.
             record = vm.run_dir / f"{vm.name}.json"

@@ -11,6 +11,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from hotswap.handover.ownership import OwnershipToken
 from hotswap.state import pack, unpack
 from hotswap.state.sample import sample_tree
 from hotswap.wire import (
@@ -28,11 +29,12 @@ from hotswap.wire import (
 T = MessageType
 
 # A stand-in successor: HELLO, takes CONFIG + fds, writes into the guest-RAM memfd it got, checks the STATE
-# container, and answers like the real one would.
+# container, takes the ownership token (the last fd) and answers like the real one would (protocol 3).
 CHILD = textwrap.dedent(
     """
     import os, socket, sys
     from hotswap.state import StateError, unpack
+    from hotswap.handover.ownership import OwnershipToken
     from hotswap.wire import Channel, ErrorCode, Hello, MessageType as T, Receiver
 
     sock = socket.socket(fileno=int(sys.argv[1]))
@@ -49,9 +51,9 @@ CHILD = textwrap.dedent(
         except StateError as err:
             channel.send_error(ErrorCode.BAD_STATE, str(err))
             sys.exit(3)
-        channel.send(T.RESTORED, str(len(tree["vcpus"])).encode()); machine.advance(T.RESTORED)
-        channel.recv(5.0, expect=machine.incoming()); machine.advance(T.COMMIT)
-        channel.send(T.RESUMED); machine.advance(T.RESUMED)
+        if not OwnershipToken(config.fds[-1]).take():
+            sys.exit(4)
+        channel.send(T.RESUMED, str(len(tree["vcpus"])).encode()); machine.advance(T.RESUMED)
         config.close_fds()
     """
 )
@@ -79,31 +81,29 @@ def test_full_handover_sequence_with_fds_across_processes(successor: tuple[Chann
     channel, child = successor
     machine = Sender()
     ram = os.memfd_create("hotswap-test-ram")
-    others = [os.dup(ram) for _ in range(299)]  # hundreds of fds, as a VM with many devices would hand over
+    others = [os.dup(ram) for _ in range(298)]  # hundreds of fds, as a VM with many devices would hand over
+    token = OwnershipToken.create()
     try:
         hello = Hello.decode(channel.recv(10.0, expect=machine.incoming()).payload)
         machine.advance(T.HELLO)
         assert hello.pid == child.pid
         assert negotiate(hello, state_format=1) == PROTOCOL_VERSION
-        channel.send(T.CONFIG, b"{}", [ram, *others])
+        channel.send(T.CONFIG, b"{}", [ram, *others, token.fd])
         machine.advance(T.CONFIG)
         assert channel.recv(10.0, expect=machine.incoming()).payload == b"300"
         machine.advance(T.READY)
         channel.send(T.STATE, pack(sample_tree(vcpus=3)))
         machine.advance(T.STATE)
+        assert machine.state_sent and not machine.committed
         assert channel.recv(10.0, expect=machine.incoming()).payload == b"3"
-        machine.advance(T.RESTORED)
-        assert machine.owns_guest
-        channel.send(T.COMMIT)
-        machine.advance(T.COMMIT)
-        assert not machine.owns_guest
-        channel.recv(10.0, expect=machine.incoming())
         machine.advance(T.RESUMED)
-        assert machine.finished
+        assert machine.finished and machine.committed
+        assert not token.take(), "the successor took the token: the guest is no longer ours"
         assert os.pread(ram, 64, 0) == b"written by pid %d" % child.pid
     finally:
         for fd in (ram, *others):
             os.close(fd)
+        token.close()
     assert child.wait(timeout=10) == 0
 
 
@@ -112,13 +112,13 @@ def test_a_rejected_state_reaches_the_old_vmm_as_an_error(successor: tuple[Chann
     ram = os.memfd_create("hotswap-test-ram")
     try:
         channel.recv(10.0, expect={T.HELLO})
-        channel.send(T.CONFIG, b"", [ram])
+        channel.send(T.CONFIG, b"", [ram, ram])
         channel.recv(10.0, expect={T.READY})
         corrupted = bytearray(pack(sample_tree(vcpus=1)))
         corrupted[100] ^= 0xFF
         channel.send(T.STATE, bytes(corrupted))
         with pytest.raises(RemoteError) as info:
-            channel.recv(10.0, expect={T.RESTORED})
+            channel.recv(10.0, expect={T.RESUMED})
         assert info.value.code is ErrorCode.BAD_STATE
         assert "state container: bad checksum" in str(info.value)
     finally:

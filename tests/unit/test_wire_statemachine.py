@@ -10,22 +10,18 @@ T = MessageType
 R = ReceiverState
 S = SenderState
 
-SEQUENCE = [T.HELLO, T.CONFIG, T.READY, T.STATE, T.RESTORED, T.COMMIT, T.RESUMED]
-RECEIVER_STATES = [R.HELLO_SENT, R.CONFIGURED, R.READY_SENT, R.STATE_RECEIVED, R.RESTORED_SENT, R.COMMITTED, R.RESUMED]
-SENDER_STATES = [
-    S.HELLO_RECEIVED,
-    S.CONFIG_SENT,
-    S.READY_RECEIVED,
-    S.STATE_SENT,
-    S.RESTORED_RECEIVED,
-    S.COMMITTED,
-    S.RESUMED,
-]
+# Protocol 3 (this build's old VMMs): the successor takes the ownership token instead of a RESTORED/COMMIT round trip.
+SEQUENCE = [T.HELLO, T.CONFIG, T.READY, T.STATE, T.RESUMED]
+RECEIVER_STATES = [R.HELLO_SENT, R.CONFIGURED, R.READY_SENT, R.STATE_RECEIVED, R.RESUMED]
+SENDER_STATES = [S.HELLO_RECEIVED, S.CONFIG_SENT, S.READY_RECEIVED, S.STATE_SENT, S.RESUMED]
+# Protocols 1-2 (older old VMMs handing over to this build).
+COMMIT_SEQUENCE = [T.HELLO, T.CONFIG, T.READY, T.STATE, T.RESTORED, T.COMMIT, T.RESUMED]
+COMMIT_STATES = [R.HELLO_SENT, R.CONFIGURED, R.READY_SENT, R.STATE_RECEIVED, R.RESTORED_SENT, R.COMMITTED, R.RESUMED]
 
 
-def receiver_at(steps: int) -> Receiver:
-    machine = Receiver()
-    for msg_type in SEQUENCE[:steps]:
+def receiver_at(steps: int, protocol: int = 3) -> Receiver:
+    machine = Receiver(protocol)
+    for msg_type in (SEQUENCE if protocol >= 3 else COMMIT_SEQUENCE)[:steps]:
         machine.advance(msg_type)
     return machine
 
@@ -39,12 +35,34 @@ def test_receiver_walks_the_sequence() -> None:
     assert machine.finished and machine.committed and not machine.can_abort
 
 
+@pytest.mark.parametrize("protocol", [1, 2])
+def test_receiver_walks_the_older_protocols_commit_sequence(protocol: int) -> None:
+    machine = Receiver(protocol)
+    for msg_type, state in zip(COMMIT_SEQUENCE, COMMIT_STATES, strict=True):
+        assert machine.advance(msg_type) is state
+    assert machine.finished and machine.committed
+
+
+def test_the_protocol_is_chosen_once_config_arrived() -> None:
+    machine = receiver_at(2)  # CONFIGURED, protocol 3's sequence so far
+    machine.use_protocol(2)
+    machine.advance(T.READY)
+    machine.advance(T.STATE)
+    with pytest.raises(ProtocolError, match=r"got RESUMED in state STATE_RECEIVED \(expected RESTORED\)"):
+        machine.advance(T.RESUMED)
+    with pytest.raises(ProtocolError, match="cannot change the protocol in state STATE_RECEIVED"):
+        machine.use_protocol(3)
+    with pytest.raises(ProtocolError, match="protocol 9 is not one of"):
+        Receiver(9)
+
+
 def test_sender_walks_the_sequence() -> None:
     machine = Sender()
-    assert machine.state is S.STARTED and machine.owns_guest
+    assert machine.state is S.STARTED and not machine.state_sent
     for msg_type, state in zip(SEQUENCE, SENDER_STATES, strict=True):
         assert machine.advance(msg_type) is state
-    assert machine.finished and not machine.owns_guest
+        assert machine.state_sent == (state in (S.STATE_SENT, S.RESUMED))
+    assert machine.finished and machine.committed
 
 
 def test_the_brief_example_message() -> None:
@@ -55,14 +73,16 @@ def test_the_brief_example_message() -> None:
     assert machine.state is R.HELLO_SENT  # a rejected message changes nothing
 
 
-@pytest.mark.parametrize("steps", range(len(SEQUENCE) + 1))
-def test_every_out_of_order_message_is_rejected(steps: int) -> None:
-    for wrong in [t for t in MessageType if t not in (T.ERROR, T.ABORT)]:
-        if steps < len(SEQUENCE) and wrong is SEQUENCE[steps]:
-            continue
-        machine = receiver_at(steps)
-        with pytest.raises(ProtocolError, match=f"got {wrong.name} in state {machine.state.name}"):
-            machine.advance(wrong)
+@pytest.mark.parametrize("protocol", [2, 3])
+def test_every_out_of_order_message_is_rejected(protocol: int) -> None:
+    sequence = SEQUENCE if protocol >= 3 else COMMIT_SEQUENCE
+    for steps in range(len(sequence) + 1):
+        for wrong in [t for t in MessageType if t not in (T.ERROR, T.ABORT)]:
+            if steps < len(sequence) and wrong is sequence[steps]:
+                continue
+            machine = receiver_at(steps, protocol)
+            with pytest.raises(ProtocolError, match=f"got {wrong.name} in state {machine.state.name}"):
+                machine.advance(wrong)
 
 
 def test_migration_types_are_reserved_but_not_part_of_the_handover() -> None:
@@ -71,10 +91,10 @@ def test_migration_types_are_reserved_but_not_part_of_the_handover() -> None:
         machine.advance(T.MEMORY_PAGES)
 
 
-@pytest.mark.parametrize("steps", range(6))  # STARTED .. RESTORED_SENT
+@pytest.mark.parametrize(("protocol", "steps"), [(3, n) for n in range(4)] + [(2, n) for n in range(6)])
 @pytest.mark.parametrize("ending", [T.ABORT, T.ERROR])
-def test_abort_or_error_before_commit_ends_in_aborted(steps: int, ending: MessageType) -> None:
-    machine = receiver_at(steps)
+def test_abort_or_error_before_the_commit_point_ends_in_aborted(protocol: int, steps: int, ending: MessageType) -> None:
+    machine = receiver_at(steps, protocol)
     assert machine.can_abort
     assert machine.advance(ending) is R.ABORTED
     assert machine.finished and not machine.committed and not machine.can_abort
@@ -85,25 +105,33 @@ def test_abort_or_error_before_commit_ends_in_aborted(steps: int, ending: Messag
 
 
 def test_nothing_aborts_after_commit() -> None:
-    machine = receiver_at(6)
+    machine = receiver_at(6, protocol=2)
     assert machine.state is R.COMMITTED and machine.committed
     with pytest.raises(ProtocolError, match=r"got ABORT in state COMMITTED \(the guest is already committed\)"):
         machine.advance(T.ABORT)
     assert machine.advance(T.RESUMED) is R.RESUMED
 
 
-def test_sender_abort_before_commit_keeps_the_guest() -> None:
+def test_nothing_aborts_after_resumed() -> None:
+    machine = receiver_at(5)
+    assert machine.state is R.RESUMED and machine.committed
+    with pytest.raises(ProtocolError, match=r"got ERROR in state RESUMED \(the guest is already committed\)"):
+        machine.advance(T.ERROR)
+
+
+def test_sender_error_after_state_ends_the_wire_sequence() -> None:
+    # After STATE the token decides who runs the guest (hotswap/handover/ownership.py); the wire just ends.
     machine = Sender()
-    for msg_type in SEQUENCE[:5]:
+    for msg_type in SEQUENCE[:4]:
         machine.advance(msg_type)
+    assert machine.state_sent
     assert machine.advance(T.ERROR) is S.ABORTED
-    assert machine.owns_guest
 
 
 def test_incoming_and_outgoing_follow_the_direction() -> None:
     receiver, sender = Receiver(), Sender()
     for msg_type in SEQUENCE:
-        successor_sends = msg_type in (T.HELLO, T.READY, T.RESTORED, T.RESUMED)
+        successor_sends = msg_type in (T.HELLO, T.READY, T.RESUMED)
         assert receiver.outgoing() == ({msg_type} if successor_sends else set())
         assert receiver.incoming() == (set() if successor_sends else {msg_type})
         assert sender.incoming() == ({msg_type} if successor_sends else set())
