@@ -10,6 +10,7 @@ import json
 import os
 import sys
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 
 from hotswap import __version__, exitcodes, log, registry
@@ -58,7 +59,13 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--console-log", help="also append everything the guest prints to this file")
     run.add_argument("--api-sock", help="control API socket path (default RUNDIR/NAME.sock)")
     run.add_argument("--disk", action="append", default=[], metavar="PATH[,ro]", help="virtio-blk disk (repeatable)")
-    run.add_argument("--net", action="append", default=[], metavar="tap=NAME[,mac=MAC]", help="virtio-net on a tap")
+    run.add_argument(
+        "--net",
+        action="append",
+        default=[],
+        metavar="tap=NAME|fd=N[,mac=MAC]",
+        help="virtio-net on a tap interface by name, or on an open tap fd handed in (repeatable)",
+    )
     run.add_argument("--rng", action="store_true", help="virtio-rng entropy device")
     run.add_argument("--json", action="store_true", help="with --daemon: print the result as JSON")
     run.add_argument("--log-json", action="store_true", help="log as JSON lines")
@@ -156,7 +163,7 @@ def config_from_args(args: argparse.Namespace) -> MachineConfig:
         api_socket=os.path.abspath(args.api_sock) if args.api_sock else registry.api_socket_path(name),
         console_socket=console_socket,
         disks=tuple(_parse_disk(d) for d in args.disk),
-        nets=tuple(_parse_net(n, i) for i, n in enumerate(args.net)),
+        nets=tuple(_check_net_fd(_parse_net(n, i)) for i, n in enumerate(args.net)),
         rng=args.rng,
     )
 
@@ -179,17 +186,46 @@ def _parse_disk(spec: str) -> DiskConfig:
     return DiskConfig(os.path.abspath(path), read_only="ro" in flags)
 
 
+NET_USAGE = "tap=NAME[,mac=MAC] or fd=N[,mac=MAC]"
+
+
 def _parse_net(spec: str, index: int) -> NetConfig:
+    """`tap=NAME[,mac=MAC]` or `fd=N[,mac=MAC]` (an open tap fd we inherited; see _check_net_fd)."""
     fields: dict[str, str] = {}
     for part in spec.split(","):
         key, sep, value = part.partition("=")
-        if not sep or key not in ("tap", "mac"):
-            raise ConfigError(f"--net {spec!r}: expected tap=NAME[,mac=MAC]")
+        if not sep or key not in ("tap", "fd", "mac") or key in fields:
+            raise ConfigError(f"--net {spec!r}: expected {NET_USAGE}")
         fields[key] = value
-    if "tap" not in fields:
-        raise ConfigError(f"--net {spec!r}: tap=NAME is required")
+    if ("tap" in fields) == ("fd" in fields):
+        raise ConfigError(f"--net {spec!r}: give exactly one of tap=NAME or fd=N")
     mac = fields.get("mac") or f"52:54:00:12:34:{0x56 + index:02x}"
-    return NetConfig(fields["tap"], mac)
+    if "tap" in fields:
+        if not fields["tap"]:
+            raise ConfigError(f"--net {spec!r}: tap=NAME needs a name")
+        return NetConfig(fields["tap"], mac)
+    try:
+        fd = int(fields["fd"], 10)
+    except ValueError:
+        raise ConfigError(f"--net {spec!r}: fd={fields['fd']} is not an integer") from None
+    if fd < 0:
+        raise ConfigError(f"--net {spec!r}: fd={fd} is negative")
+    if fd < 3:
+        raise ConfigError(f"--net {spec!r}: fd {fd} is stdin, stdout or stderr; hand the tap in as fd 3 or above")
+    return NetConfig("", mac, fd=fd)
+
+
+def _check_net_fd(net: NetConfig) -> NetConfig:
+    """A handed-in tap fd must be open here and a tap opened as the device model needs it (checked now, before a
+    daemon forks; the VMM configures and owns it when it builds the device). Its interface name is for display."""
+    from devices.virtio import TapError, check_tap_fd
+
+    if net.fd is None:
+        return net
+    try:
+        return replace(net, tap=check_tap_fd(net.fd))
+    except TapError as exc:
+        raise ConfigError(f"--net fd={net.fd}: {exc}") from None
 
 
 # -- ls / info / pause / resume / stop ---------------------------------------------------------------------------
@@ -217,8 +253,11 @@ def cmd_ls(args: argparse.Namespace) -> int:
 def cmd_info(args: argparse.Namespace) -> int:
     record = _target(args)
     data = client.request(record.api_socket, "GET", "/vm")
-    text = "\n".join(f"{key}: {value}" for key, value in data.items() if key != "config")
-    _print(args, data, text)
+    lines = [f"{key}: {value}" for key, value in data.items() if key != "config"]
+    for index, net in enumerate(data.get("config", {}).get("nets", [])):
+        handed_in = f", handed in as fd {net['fd']}" if net.get("fd") is not None else ""
+        lines.append(f"net{index}: tap {net.get('tap')}{handed_in}, mac {net.get('mac')}")
+    _print(args, data, "\n".join(lines))
     return exitcodes.OK
 
 

@@ -24,8 +24,21 @@ class DiskConfig:
 
 @dataclass(frozen=True)
 class NetConfig:
+    """A virtio-net device on a tap: `--net tap=NAME` (the VMM opens it) or `--net fd=N` (an open tap fd handed in,
+    as QEMU's `-netdev tap,fd=N`; `tap` then holds its interface name as TUNGETIFF reported it, for display).
+
+    `fd` is the number in the first VMM's fd table; successors keep it in the config (configs are compared across a
+    handover) but use the fd they received, never this number. Without `fd` the dict is what older builds wrote."""
+
     tap: str
     mac: str
+    fd: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        data: dict[str, Any] = {"tap": self.tap, "mac": self.mac}
+        if self.fd is not None:
+            data["fd"] = self.fd
+        return data
 
 
 @dataclass(frozen=True)
@@ -64,16 +77,21 @@ class MachineConfig:
             raise ConfigError(f"unknown console mode {self.console!r}")
         for disk in self.disks:
             _check_file("disk", disk.path)
+        handed_in = [net.fd for net in self.nets if net.fd is not None]
         for net in self.nets:
             if not MAC_PATTERN.match(net.mac):
                 raise ConfigError(f"invalid MAC address {net.mac!r}")
+            if net.fd is None and not net.tap:
+                raise ConfigError("--net: give tap=NAME or fd=N")
+            if net.fd is not None and handed_in.count(net.fd) > 1:
+                raise ConfigError(f"--net fd={net.fd} is given twice: one fd can serve one device")
         if len(self.disks) + len(self.nets) + int(self.rng) > VIRTIO_MAX_DEVICES:
             raise ConfigError(f"at most {VIRTIO_MAX_DEVICES} virtio devices")
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data["disks"] = [asdict(d) for d in self.disks]
-        data["nets"] = [asdict(n) for n in self.nets]
+        data["nets"] = [n.to_dict() for n in self.nets]
         return data
 
     @classmethod
@@ -83,9 +101,9 @@ class MachineConfig:
         if unknown:
             raise ConfigError(f"machine config has unknown fields: {', '.join(sorted(unknown))}")
         values = dict(data)
-        values["disks"] = tuple(DiskConfig(**d) for d in data.get("disks", ()))
-        values["nets"] = tuple(NetConfig(**n) for n in data.get("nets", ()))
         try:
+            values["disks"] = tuple(DiskConfig(**d) for d in data.get("disks", ()))
+            values["nets"] = tuple(NetConfig(**n) for n in data.get("nets", ()))  # older builds: tap and mac only
             return cls(**values)
         except TypeError as exc:
             raise ConfigError(f"machine config is incomplete: {exc}") from None

@@ -4,6 +4,7 @@ How a VMM wires one device (at `hotswap.layout.VIRTIO_MMIO_BASE + i * VIRTIO_MMI
 `VIRTIO_FIRST_GSI + i`):
 
     device = VirtioBlock(fd, read_only=..., serial=...)          # or VirtioNet(open_tap(name), mac), VirtioRng()
+    # (a tap fd handed in by the caller: adopt_tap_fd(fd) first, then VirtioNet(fd, mac))
     transport = VirtioMmioTransport(device, memory, irq)         # irq.pulse() writes the GSI's irqfd
     bus: [base, base + VIRTIO_MMIO_SIZE) -> transport.read / transport.write   (vCPU threads)
     for q in range(transport.num_queues):                        # notifications skip the vCPU exit path
@@ -27,7 +28,7 @@ from devices.virtio.errors import TapError, VirtioError, VirtqueueError
 from devices.virtio.net import VirtioNet
 from devices.virtio.queue import Descriptor, DescriptorChain, Virtqueue
 from devices.virtio.rng import VirtioRng
-from devices.virtio.tap import open_tap
+from devices.virtio.tap import adopt_tap_fd, check_tap_fd, open_tap
 from devices.virtio.transport import VirtioMmioTransport
 
 __all__ = [
@@ -42,5 +43,7 @@ __all__ = [
     "VirtioRng",
     "Virtqueue",
     "VirtqueueError",
+    "adopt_tap_fd",
+    "check_tap_fd",
     "open_tap",
 ]

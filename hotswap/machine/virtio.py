@@ -12,7 +12,7 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
-from devices.virtio import VirtioBlock, VirtioMmioTransport, VirtioNet, VirtioRng, open_tap
+from devices.virtio import TapError, VirtioBlock, VirtioMmioTransport, VirtioNet, VirtioRng, adopt_tap_fd, open_tap
 from devices.virtio.device import VirtioDevice
 from hotswap.config import MachineConfig
 from hotswap.errors import ConfigError
@@ -61,17 +61,25 @@ def virtio_specs(config: MachineConfig) -> list[VirtioSpec]:
 
 
 def open_host_fd(spec: VirtioSpec) -> int | None:
-    """Open the host resource behind a device (a fresh VMM; a successor inherits the fd instead)."""
+    """Open the host resource behind a device (a fresh VMM; a successor inherits the fd instead). A tap handed in
+    as `--net fd=N` is already open in this process: from here on it is ours (a handover passes it on as any tap)."""
     if spec.kind == "blk":
         flags = (os.O_RDONLY if spec.option.read_only else os.O_RDWR) | os.O_CLOEXEC
         try:
             return os.open(spec.option.path, flags)
         except OSError as exc:
             raise ConfigError(f"cannot open disk {spec.option.path}: {exc.strerror}") from None
+    if spec.kind == "net" and spec.option.fd is not None:
+        try:
+            adopt_tap_fd(spec.option.fd)
+        except TapError as exc:
+            raise ConfigError(f"--net fd={spec.option.fd}: {exc}") from None
+        fd: int = spec.option.fd
+        return fd
     if spec.kind == "net":
         try:
             return open_tap(spec.option.tap)
-        except OSError as exc:
+        except (OSError, TapError) as exc:
             raise ConfigError(f"cannot open tap {spec.option.tap}: {exc}") from None
     return None
 

@@ -12,7 +12,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,10 +24,20 @@ HOTSWAP = [sys.executable, "-m", "hotswap"]
 
 
 def hotswap(
-    *args: str, env: dict[str, str] | None = None, timeout: float = 120, check: bool = True
+    *args: str,
+    env: dict[str, str] | None = None,
+    timeout: float = 120,
+    check: bool = True,
+    pass_fds: Sequence[int] = (),
 ) -> subprocess.CompletedProcess[str]:
+    """Run the CLI; `pass_fds` are fds it inherits (e.g. a tap for `--net fd=N`)."""
     result = subprocess.run(
-        [*HOTSWAP, *args], capture_output=True, text=True, timeout=timeout, env={**os.environ, **(env or {})}
+        [*HOTSWAP, *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
+        pass_fds=pass_fds,
     )
     if check and result.returncode != 0:
         raise AssertionError(f"hotswap {' '.join(args)} exited {result.returncode}:\n{result.stderr}{result.stdout}")
@@ -50,7 +60,10 @@ class GuestVm:
         self.env = {"HOTSWAP_RUN_DIR": str(run_dir), "HOTSWAP_TEST_TAG": self.tag, **(env or {})}
         self.pid: int | None = None
 
-    def start(self, kernel: Path, cmdline: str, cpus: int = 1, mem: str = "256M", *extra: str) -> GuestVm:
+    def start(
+        self, kernel: Path, cmdline: str, cpus: int = 1, mem: str = "256M", *extra: str, pass_fds: Sequence[int] = ()
+    ) -> GuestVm:
+        """`pass_fds`: fds the VMM inherits (`--net fd=N`); the caller may close its own copies once this returns."""
         result = hotswap(
             "run",
             "--daemon",
@@ -69,6 +82,7 @@ class GuestVm:
             str(self.console),
             *extra,
             env=self.env,
+            pass_fds=pass_fds,
         )
         self.pid = json.loads(result.stdout)["pid"]
         return self

@@ -11,7 +11,10 @@ from pathlib import Path
 
 import pytest
 from framework.guest import guest_cmdline
+from framework.taps import TAP_FLAGS, attach_tap
 from framework.vmm import HOTSWAP, GuestVm, kill_pids, pids_with_tag
+
+from devices.virtio.tap import IFF_NO_PI, IFF_TAP, IFF_TUN, IFF_VNET_HDR
 
 pytestmark = pytest.mark.kvm
 
@@ -24,8 +27,8 @@ def runner(run_dir: Path) -> Iterator[tuple[dict[str, str], str]]:
     kill_pids(pids_with_tag(tag))
 
 
-def run_fails(env: dict[str, str], tag: str, *args: str) -> str:
-    result = subprocess.run([*HOTSWAP, *args], capture_output=True, text=True, timeout=60, env=env)
+def run_fails(env: dict[str, str], tag: str, *args: str, pass_fds: tuple[int, ...] = ()) -> str:
+    result = subprocess.run([*HOTSWAP, *args], capture_output=True, text=True, timeout=60, env=env, pass_fds=pass_fds)
     assert result.returncode != 0, result.stdout
     assert "Traceback" not in result.stderr, result.stderr
     lines = result.stderr.strip().splitlines()
@@ -106,6 +109,61 @@ def test_name_in_use(runner: tuple[dict[str, str], str], vm: GuestVm, guest_elf:
     vm.start(guest_elf, guest_cmdline())
     line = run_fails(*runner, "run", "--daemon", "--kernel", str(guest_elf), "--mem", "64M", "--name", vm.name)
     assert "in use" in line
+
+
+@pytest.mark.parametrize(
+    "spec, expected",
+    [
+        ("tap=tap0,fd=3", "give exactly one of tap=NAME or fd=N"),
+        ("mac=52:54:00:12:34:56", "give exactly one of tap=NAME or fd=N"),
+        ("fd=three", "fd=three is not an integer"),
+        ("fd=900", "fd 900 is not an open file descriptor"),
+        ("fd=0", "stdin, stdout or stderr"),
+        ("fd=7,speed=10", "expected tap=NAME[,mac=MAC] or fd=N[,mac=MAC]"),
+    ],
+    ids=["both", "neither", "not-a-number", "not-open", "stdin", "unknown-key"],
+)
+def test_bad_net_spec(runner: tuple[dict[str, str], str], guest_elf: Path, spec: str, expected: str) -> None:
+    line = run_fails(*runner, "run", "--daemon", "--kernel", str(guest_elf), "--mem", "64M", "--net", spec)
+    assert expected in line
+
+
+def test_net_fd_that_is_not_a_tap(runner: tuple[dict[str, str], str], guest_elf: Path, tmp_path: Path) -> None:
+    plain = tmp_path / "plain"
+    plain.write_bytes(b"not a tap")
+    fd = os.open(plain, os.O_RDONLY)
+    try:
+        args = ("run", "--daemon", "--kernel", str(guest_elf), "--mem", "64M", "--net", f"fd={fd}")
+        line = run_fails(*runner, *args, pass_fds=(fd,))
+    finally:
+        os.close(fd)
+    assert f"fd {fd} is not a tap device (TUNGETIFF failed" in line
+
+
+@pytest.mark.parametrize(
+    "flags, count, expected",
+    [
+        (IFF_TAP | IFF_VNET_HDR, 1, "opened without IFF_NO_PI:"),
+        (IFF_TAP | IFF_NO_PI, 1, "opened without IFF_VNET_HDR:"),
+        (IFF_TAP, 1, "opened without IFF_NO_PI and IFF_VNET_HDR:"),
+        (IFF_TUN | IFF_NO_PI | IFF_VNET_HDR, 1, "is a tun device (IFF_TUN), not a tap"),
+        (TAP_FLAGS, 2, "is given twice"),
+    ],
+    ids=["no-pi-missing", "vnet-hdr-missing", "both-missing", "tun", "twice"],
+)
+def test_net_fd_opened_wrongly(
+    runner: tuple[dict[str, str], str], guest_elf: Path, flags: int, count: int, expected: str
+) -> None:
+    if not os.access("/dev/net/tun", os.R_OK | os.W_OK):
+        pytest.skip("NO TUN: /dev/net/tun is missing or not usable")
+    name = f"hsb{os.getpid() % 100000:05d}{os.urandom(2).hex()}"
+    fd = attach_tap(name, flags)  # not persistent: the interface goes with the last fd
+    try:
+        args = ("run", "--daemon", "--kernel", str(guest_elf), "--mem", "64M", *["--net", f"fd={fd}"] * count)
+        line = run_fails(*runner, *args, pass_fds=(fd,))
+    finally:
+        os.close(fd)
+    assert expected in line and f"fd={fd}" in line, line
 
 
 def raw_request(path: Path, data: bytes) -> tuple[int, dict[str, object]]:

@@ -152,10 +152,10 @@ def working_tree_hotswap(tmp_path: Path) -> Path:
     return script
 
 
-def start_with(build: Build, vm: GuestVm, kernel: Path, cpus: int, outside: Path) -> None:
+def start_with(build: Build, vm: GuestVm, kernel: Path, cpus: int, outside: Path, *extra: str) -> None:
     """`hotswap run --daemon` with the old build, from a directory where `-m hotswap` finds only that build."""
     options = ["--kernel", str(kernel), "--cmdline", guest_cmdline(ws="8M", status_ms=50), "--cpus", str(cpus)]
-    options += ["--mem", MEM, "--name", vm.name, "--console-log", str(vm.console)]
+    options += ["--mem", MEM, "--name", vm.name, "--console-log", str(vm.console), *extra]
     result = subprocess.run(
         [str(build.python), "-m", "hotswap", "run", "--daemon", "--json", *options],
         capture_output=True,
@@ -206,6 +206,29 @@ def test_an_old_vmm_hands_its_guest_to_the_working_tree(
     again = vm.upgrade()  # and the new VMM upgrades like any other
     assert again["generation"] == 3 and vmm_pids(vm) == [again["new_pid"]]
     assert_continues(vm, seen)
+
+
+def test_an_old_vmm_hands_its_tap_to_the_working_tree(
+    builds: Callable[[str], Build],
+    vm: GuestVm,
+    guest_elf: Path,
+    working_tree_hotswap: Path,
+    tmp_path: Path,
+    tap: str,
+) -> None:
+    """A build from before `--net fd=N` sends nets as tap and mac only; the working tree reads that config and
+    compares it with the one in the state as equal (its own dict for a tap opened by name is the same)."""
+    build = builds(LAST_PROTOCOL_2_COMMIT)
+    start_with(build, vm, guest_elf, 1, tmp_path, "--net", f"tap={tap}")
+    nets = vm.info()["config"]["nets"]
+    assert nets == [{"tap": tap, "mac": "52:54:00:12:34:56"}]
+    before = vm.wait_statuses(3)
+    data = vm.upgrade("--exec", str(working_tree_hotswap))
+    assert data["new_version"] == hotswap.__version__
+    assert vm.info()["config"]["nets"] == nets
+    assert_continues(vm, before)
+    vm.upgrade()  # and the working tree hands the same config on to itself
+    assert vm.info()["config"]["nets"] == nets
 
 
 def test_a_plain_install_has_every_module(tmp_path: Path) -> None:

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 from framework.guest import REPO, guest_cmdline
+from framework.taps import attach_tap, tap_fds_of
 from framework.vmm import GuestVm, pids_with_tag
 
 sys.path.insert(0, str(REPO / "guest" / "testguest" / "tools"))
@@ -136,3 +137,44 @@ def test_read_only_disk_refuses_writes(vm: GuestVm, guest_elf: Path, tmp_path: P
     # The device answers writes with VIRTIO_BLK_S_IOERR (1); the guest's journal never gets one acknowledged.
     assert "hsg: warning blk request failed status=1" in vm.output()
     assert all(s.extra["blk_acked"] == 0 for s in lines)
+
+
+def test_net_on_a_handed_in_tap_fd_across_upgrades(vm: GuestVm, guest_elf: Path, tap: str) -> None:
+    """`--net fd=N`: a tap fd opened by the caller (as libvirt does) serves the guest, and moves with each upgrade."""
+    mac = "52:54:00:ab:cd:ef"
+    fd = attach_tap(tap)  # IFF_TAP | IFF_NO_PI | IFF_VNET_HDR; the vnet header size is left for the VMM to set
+    try:
+        vm.start(guest_elf, guest_cmdline(status_ms=50), 1, "128M", "--net", f"fd={fd},mac={mac}", pass_fds=[fd])
+    finally:
+        os.close(fd)  # the VMM's from now on
+    vm.wait_for(lambda text: "driver=net" in text and f"mac={mac} mac_from_device=1" in text, what="the net driver")
+    config = vm.info()["config"]
+    assert config["nets"] == [{"tap": tap, "mac": mac, "fd": fd}]
+    assert "handed in as fd" in vm.cli("info", vm.name).stdout
+    host = HostEnd(tap)
+    try:
+        for upgrade in ((), ("--mode", "exec"), None):
+            sent_before, heard_before = host.sent, len(host.guest_counters)
+            for _ in range(20):
+                host.send()
+                time.sleep(0.005)
+            vm.wait_for(
+                lambda _: (s := vm.statuses()) and s[-1].extra["net_rx"] == host.sent,
+                timeout=20,
+                what=f"the guest to count all {host.sent} host frames (gen {vm.info()['generation']})",
+            )
+            assert host.sent == sent_before + 20 and vm.statuses()[-1].extra["net_rx_last"] == host.sent
+            deadline = time.monotonic() + 10
+            while len(host.guest_counters) < heard_before + 3 and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert len(host.guest_counters) >= heard_before + 3, "the guest's frames stopped reaching the host"
+            assert tap_fds_of(vm.pid or 0, tap), "the VMM holds no fd of the tap"
+            if upgrade is not None:
+                vm.upgrade(*upgrade)
+                assert vm.info()["config"] == config  # the successor runs the same config, fd number and all
+    finally:
+        host.close()
+    assert vm.info()["generation"] == 3
+    assert len(tap_fds_of(vm.pid or 0, tap)) == 1
+    assert vm.output().count("hsg: boot ") == 1
+    assert host.guest_counters == list(range(host.guest_counters[0], host.guest_counters[-1] + 1))
