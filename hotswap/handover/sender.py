@@ -108,7 +108,6 @@ class _Session:
         self.paused = False
         self.boosted = False
         self.console_stopped = False
-        self.committed = False
         self.ownership = OwnershipToken.create()
 
     def remaining(self, deadline: float) -> float:
@@ -188,7 +187,6 @@ class _Session:
 
     def _handed_over(self) -> None:
         """The successor owns the guest: stop our threads without touching it, and never resume it here."""
-        self.committed = True
         self.unboost()
         self.machine.abandon()
         self.vmm.mark_handed_over()

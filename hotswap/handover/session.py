@@ -33,7 +33,7 @@ class TrackedChannel(Generic[S]):
         self.machine.advance(msg_type)
         self.channel.send(msg_type, payload, fds, timeout=timeout)
 
-    def recv(self, timeout: float | None, spin: float = 0.0) -> Message:
-        message = self.channel.recv(timeout, self.machine.incoming(), spin=spin)
+    def recv(self, timeout: float | None) -> Message:
+        message = self.channel.recv(timeout, self.machine.incoming())
         self.machine.advance(message.type)
         return message

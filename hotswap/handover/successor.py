@@ -49,9 +49,6 @@ from hotswap.wire.receiver import Receiver
 CONFIG_TIMEOUT = 60.0  # the old VMM sends CONFIG right after our HELLO (before we know its --timeout)
 DEFAULT_STEP_TIMEOUT = 30.0  # for STATE (and COMMIT) when the old VMM does not say (protocol 1)
 OLD_EXIT_GRACE = 5.0
-# Busy-wait for messages due within the pause window rather than sleep in poll() (whose wake-up costs more here):
-STATE_SPIN = 0.0  # measured: spinning here starves the old VMM of the CPU it needs to capture (2-core host)
-COMMIT_SPIN = 0.0  # after the channel closes, how long we wait to see the old VMM's pid go away
 
 
 _CONFIG_V2 = frozenset(
@@ -135,7 +132,7 @@ class _Successor:
             priority.boost()  # from here to RESUMED we are on the window's critical path (priority.py)
             wire.send(MessageType.READY, encode(prepare))
             fault_point("successor", self.generation, "after_ready")
-            state_message = wire.recv(self.step_timeout, spin=STATE_SPIN)
+            state_message = wire.recv(self.step_timeout)
             state_received = now_ns()
         except ProtocolError as exc:
             self._refuse(ErrorCode.PROTOCOL, str(exc))  # the stream may still be in step: say why we stop
@@ -184,7 +181,7 @@ class _Successor:
         try:
             wire.send(MessageType.RESTORED)
             fault_point("successor", self.generation, "after_restored")
-            wire.recv(self.step_timeout, spin=COMMIT_SPIN)  # COMMIT
+            wire.recv(self.step_timeout)  # COMMIT
         except PeerClosed:
             if not self._old_is_gone():
                 self.log.warning("handover.aborted", reason="the old VMM closed the channel but is still alive")
