@@ -45,7 +45,7 @@ from bench.iobench import (
     run_hotswap,
 )
 from bench.qemu import Fleet, qemu_version
-from bench.report import BenchError, Table, Throughput, emit, fmt, ratio
+from bench.report import BenchError, Table, Throughput, emit, fmt, median_of, ratio
 
 MIB = 1024 * 1024
 SEQ_BS = 64 * 1024
@@ -183,10 +183,6 @@ class Series:
         return Throughput.of([v.bytes_per_s / 1e6 for v in self.values]) if self.values else None
 
 
-def _median(summary: Throughput | None) -> float | None:
-    return summary.median if summary is not None else None
-
-
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench.blk", description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=5, help="runs of each pattern on each side (default 5)")
@@ -282,13 +278,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     notes: list[str] = []
     for p in args.patterns:
-        host_iops = _median(series[(p.name, "host")].iops())
-        qemu_iops = _median(series[(p.name, "QEMU")].iops())
+        host_iops = median_of(series[(p.name, "host")].iops())
+        qemu_iops = median_of(series[(p.name, "QEMU")].iops())
         for side in sides:
             s = series[(p.name, side)]
             iops, mbs = s.iops(), s.mbs()
-            vs_qemu = ratio(_median(iops), qemu_iops) if side == "hotswap" else "-"
-            vs_host = ratio(_median(iops), host_iops) if side in ("hotswap", "QEMU") else "-"
+            vs_qemu = ratio(median_of(iops), qemu_iops) if side == "hotswap" else "-"
+            vs_host = ratio(median_of(iops), host_iops) if side in ("hotswap", "QEMU") else "-"
             iops_cells = iops.cells(digits=0) if iops else ["-"] * 3
             mbs_cells = mbs.cells(digits=1) if mbs else ["-"] * 3
             table.add(p.name, p.bs, side, len(s.values), *iops_cells, *mbs_cells, vs_qemu, vs_host)

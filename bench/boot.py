@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import select
 import shutil
 import subprocess
 import sys
@@ -28,7 +27,7 @@ from pathlib import Path
 
 from framework.procs import kill_pids
 
-from bench.guest import boot_tsc_khz, cmdline, guest_image
+from bench.guest import boot_tsc_khz, cmdline, console_lines, guest_image
 from bench.host import HostWatch
 from bench.hotswap_vm import HOTSWAP
 from bench.qemu import Fleet, QemuSpec, qemu_version
@@ -48,30 +47,16 @@ class Boot:
 
 def read_until(fd: int, started: float, deadline: float) -> Boot:
     """Read a VMM's stdout until the first status line; the times are from `started` (time.monotonic())."""
-    buffer = b""
     boot_at: float | None = None
     boot_line = ""
-    while True:
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            raise BenchError(f"boot: no status line after {BOOT_TIMEOUT:.0f} s; output: {buffer[-500:]!r}")
-        ready, _, _ = select.select([fd], [], [], remaining)
-        if not ready:
-            continue
-        chunk = os.read(fd, 65536)
-        now = time.monotonic()
-        if not chunk:
-            raise BenchError(f"boot: the VMM closed its output before a status line; output: {buffer[-500:]!r}")
-        buffer += chunk
-        lines = buffer.split(b"\n")
-        for raw in lines[:-1]:
-            line = raw.decode(errors="replace").strip()
-            if boot_at is None and line.startswith("hsg: boot "):
-                boot_at, boot_line = now, line
-            if line.startswith("hsg: status "):
-                if boot_at is None:
-                    raise BenchError("boot: a status line came before the boot line")
-                return Boot(boot_at - started, now - started, boot_line)
+    for line, now in console_lines(fd, deadline, "boot: a status line"):
+        if boot_at is None and line.startswith("hsg: boot "):
+            boot_at, boot_line = now, line
+        if line.startswith("hsg: status "):
+            if boot_at is None:
+                raise BenchError("boot: a status line came before the boot line")
+            return Boot(boot_at - started, now - started, boot_line)
+    raise AssertionError("console_lines ends only by raising")
 
 
 def boot_hotswap(kernel: Path, guest_cmdline: str, cpus: int, mem_mib: int, run_dir: Path, name: str) -> Boot:
@@ -192,7 +177,7 @@ def measure(args: argparse.Namespace, root: Path) -> int:
     cli = Latency.of(floor)
     table.add("`python -m hotswap --version` (exit)", len(floor), "-", "-", "-", *cli.cells(digits=1), "-")
     notes = [
-        f"test guest, {args.cpus} vCPU, {args.mem} MiB, cmdline `{port}` (and uart=mmio for the last row); "
+        f"test guest, {args.cpus} vCPU, {args.mem} MiB, cmdline `{port}` (uart=mmio for the `hotswap, uart=mmio` row); "
         f"interleaved A B C D, {args.reps} each, one warm-up boot of each first (not counted); the last row is "
         "the interpreter and CLI start-up alone (no VM), the floor under hotswap's figures",
         f"hotswap: `{Path(sys.executable).name} -m hotswap run` in the foreground (interpreter start included); "

@@ -3,7 +3,11 @@
 
 from __future__ import annotations
 
+import os
+import select
 import subprocess
+import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +28,31 @@ def guest_image(root: Path = REPO) -> Path:
     if not path.is_file():
         raise BenchError(f"building the test guest: {path} is not a file")
     return path
+
+
+def console_lines(fd: int, deadline: float, awaited: str) -> Iterator[tuple[str, float]]:
+    """The complete lines a VMM writes to `fd` (its stdout, a pipe), each with the time.monotonic() at which its
+    chunk was read. BenchError, naming `awaited` ("boot: a status line") and the last lines, if the output ends or
+    `deadline` passes first."""
+    buffer = b""
+    last: list[str] = []
+    while True:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise BenchError(f"{awaited}: none in time; last lines: {last}")
+        ready, _, _ = select.select([fd], [], [], remaining)
+        if not ready:
+            continue
+        chunk = os.read(fd, 65536)
+        now = time.monotonic()
+        if not chunk:
+            raise BenchError(f"{awaited}: the VMM closed its output first; last lines: {last}")
+        buffer += chunk
+        *complete, buffer = buffer.split(b"\n")
+        for raw in complete:
+            line = raw.decode(errors="replace").strip("\r\n\x00 ")
+            last = [*last[-4:], line]
+            yield line, now
 
 
 def cmdline(uart: str = "port", ws: str = "16M", status_ms: int = 20, tsc_khz: int | None = None) -> str:

@@ -9,15 +9,16 @@ The guest times itself with its TSC; the VMM start, the guest's boot and the VMM
 from __future__ import annotations
 
 import os
-import select
 import subprocess
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from framework.guest import line_fields
 from framework.procs import kill_pids
 
+from bench.guest import console_lines
 from bench.hotswap_vm import HOTSWAP
 from bench.qemu import Fleet, QemuSpec, QemuVm
 from bench.report import BenchError
@@ -50,7 +51,7 @@ class IoResult:
         """The line's fields, or None for any other line (or one cut short)."""
         if not line.startswith(RESULT_PREFIX):
             return None
-        f = dict(token.split("=", 1) for token in line.split()[2:] if "=" in token)
+        f = line_fields(line)
         try:
             return cls(
                 kind=f["kind"],
@@ -130,32 +131,19 @@ class Hooks:
 
 def read_result(fd: int, deadline: float, hooks: Hooks = Hooks()) -> GuestRun:
     """Read a VMM's stdout until the guest's result line."""
-    buffer = b""
     lines: list[str] = []
-    while True:
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            raise BenchError(f"iobench: no result line in time; last lines: {lines[-5:]}")
-        ready, _, _ = select.select([fd], [], [], remaining)
-        if not ready:
-            continue
-        chunk = os.read(fd, 65536)
-        if not chunk:
-            raise BenchError(f"iobench: the VMM closed its output before the result line; last lines: {lines[-5:]}")
-        buffer += chunk
-        *complete, buffer = buffer.split(b"\n")
-        for raw in complete:
-            line = raw.decode(errors="replace").strip("\r\n\x00 ")
-            lines.append(line)
-            if line.startswith("hsg: error") or line.startswith("hsg: panic"):
-                raise BenchError(f"iobench: the guest failed: {line}")
-            if line.startswith(START_PREFIX) and hooks.on_start is not None:
-                hooks.on_start(line)
-            result = IoResult.parse(line)
-            if result is not None:
-                if hooks.on_result is not None:
-                    hooks.on_result(result)
-                return GuestRun(result, lines)
+    for line, _ in console_lines(fd, deadline, "iobench: the result line"):
+        lines.append(line)
+        if line.startswith("hsg: error") or line.startswith("hsg: panic"):
+            raise BenchError(f"iobench: the guest failed: {line}")
+        if line.startswith(START_PREFIX) and hooks.on_start is not None:
+            hooks.on_start(line)
+        result = IoResult.parse(line)
+        if result is not None:
+            if hooks.on_result is not None:
+                hooks.on_result(result)
+            return GuestRun(result, lines)
+    raise AssertionError("console_lines ends only by raising")
 
 
 def _finish(pid: int, wait: Callable[[float], object]) -> None:

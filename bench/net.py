@@ -33,7 +33,7 @@ from bench.guest import guest_image
 from bench.host import HostWatch
 from bench.iobench import GuestRun, Hooks, IoResult, QemuRunner, guest_cmdline, host_tsc_khz, qemu_net_args, run_hotswap
 from bench.qemu import Fleet, qemu_version
-from bench.report import BenchError, Table, Throughput, emit, fmt, ratio
+from bench.report import BenchError, Table, Throughput, emit, fmt, median_of, ratio
 
 ETHERTYPE = 0x88B5
 FRAME_BYTES = 1514  # Ethernet header + 1500 bytes; what the guest sends and receives too
@@ -139,10 +139,6 @@ class Series:
         return Throughput.of(values) if values else None
 
 
-def _median(summary: Throughput | None) -> float | None:
-    return summary.median if summary is not None else None
-
-
 def run_tx(run: GuestFn, tap: str, series: Series) -> None:
     before = tap_counters(tap)
     result = run(Hooks()).result
@@ -245,11 +241,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     notes: list[str] = []
     flood_rates: list[str] = []
     for direction in ("tx", "rx"):
-        qemu_median = _median(series[(direction, "QEMU")].frames())
+        qemu_median = median_of(series[(direction, "QEMU")].frames())
         for side in ("hotswap", "QEMU"):
             s = series[(direction, side)]
             frames, mbits, delivered = s.frames(), s.mbits(), s.delivered()
-            vs = ratio(_median(frames), qemu_median) if side == "hotswap" else "-"
+            vs = ratio(median_of(frames), qemu_median) if side == "hotswap" else "-"
             throughput.add(
                 f"net-{direction}", side, len(s.results), *(frames.cells(digits=0) if frames else ["-"] * 3),
                 *(mbits.cells(digits=1) if mbits else ["-"] * 3), vs,
@@ -263,7 +259,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             host_rate = Throughput.of(host_rates).median if host_rates else None
             drops = Throughput.of(s.tap_dropped).median if s.tap_dropped else None
             delivery.add(
-                f"net-{direction}", side, len(s.results), fmt(host_rate, 0), fmt(_median(frames), 0),
+                f"net-{direction}", side, len(s.results), fmt(host_rate, 0), fmt(median_of(frames), 0),
                 *(delivered.cells(digits=2) if delivered else ["-"] * 3), fmt(drops, 1),
             )  # fmt: skip
             notes += [f"{side} {failure}" for failure in s.failures]

@@ -84,6 +84,11 @@ class Throughput:
         return [fmt(self.min * scale, digits), fmt(self.median * scale, digits), fmt(self.max * scale, digits)]
 
 
+def median_of(summary: Throughput | None) -> float | None:
+    """The summary's median; None for a series without values."""
+    return summary.median if summary is not None else None
+
+
 def fmt(value: float | None, digits: int = 2) -> str:
     """A number for a table cell; '-' when there is none."""
     if value is None or (isinstance(value, float) and math.isnan(value)):

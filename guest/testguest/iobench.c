@@ -5,6 +5,7 @@
 #include "sys.h"
 #include "virtio_mmio.h"
 #include "virtq.h"
+#include "vnet.h"
 
 #define SECTOR 512
 #define T_IN 0
@@ -154,6 +155,42 @@ static void check_used_reads(const struct virtq *q, const char *which)
 	line_print(&l);
 }
 
+/* Keeps `depth` requests in flight on main_q until the deadline, then lets them drain: start = first submission,
+ * end = last completion. `submit` posts the request in slot k; `complete` counts one used element and returns its
+ * slot; `each_pass`, if any, runs on every pass of the polling loop. Inlined into each caller, so the callbacks are
+ * direct calls. */
+typedef u32 complete_fn(const struct virtq_used_elem *e, struct result *r);
+
+static inline __attribute__((always_inline)) void keep_in_flight(struct result *r, void (*submit)(u32 k),
+								   complete_fn *complete, void (*each_pass)(struct result *r))
+{
+	r->start = rdtsc();
+	u64 deadline = r->start + duration_tsc, last_progress = r->start;
+	for (u32 k = 0; k < depth; k++)
+		submit(k);
+	virtq_kick(&main_q);
+	u32 in_flight = depth;
+	while (in_flight) {
+		if (each_pass)
+			each_pass(r);
+		struct virtq_used_elem e;
+		if (!virtq_get_used(&main_q, &e)) {
+			check_stuck(rdtsc(), last_progress);
+			continue;
+		}
+		u64 now = rdtsc();
+		do {
+			u32 k = complete(&e, r);
+			if (now < deadline)
+				submit(k);
+			else
+				in_flight--;
+		} while (virtq_get_used(&main_q, &e));
+		r->end = last_progress = now;
+		virtq_kick(&main_q);
+	}
+}
+
 /* -- virtio-blk ------------------------------------------------------------------------------------------------- */
 static u64 blk_blocks; /* request-sized blocks on the disk */
 static u64 blk_next_block;
@@ -205,42 +242,21 @@ static void blk_submit(u32 k)
 	virtq_post(&main_q, (u16)(k * BLK_DESCS));
 }
 
-/* Keeps `depth` requests in flight until the deadline, then lets them drain: start = first submission,
- * end = last completion. */
-static void blk_run(struct result *r)
+static u32 blk_complete(const struct virtq_used_elem *e, struct result *r)
 {
-	r->start = rdtsc();
-	u64 deadline = r->start + duration_tsc, last_progress = r->start;
-	for (u32 k = 0; k < depth; k++)
-		blk_submit(k);
-	virtq_kick(&main_q);
-	u32 in_flight = depth;
-	while (in_flight) {
-		struct virtq_used_elem e;
-		if (!virtq_get_used(&main_q, &e)) {
-			check_stuck(rdtsc(), last_progress);
-			continue;
-		}
-		u64 now = rdtsc();
-		do {
-			u32 k = e.id / BLK_DESCS;
-			if (e.id % BLK_DESCS || k >= depth)
-				fail("the device returned an unknown request");
-			if (statuses[k] == S_OK) {
-				r->ops++;
-				r->bytes += request_bytes;
-			} else {
-				r->errors++;
-			}
-			if (now < deadline)
-				blk_submit(k);
-			else
-				in_flight--;
-		} while (virtq_get_used(&main_q, &e));
-		r->end = last_progress = now;
-		virtq_kick(&main_q);
+	u32 k = e->id / BLK_DESCS;
+	if (e->id % BLK_DESCS || k >= depth)
+		fail("the device returned an unknown request");
+	if (statuses[k] == S_OK) {
+		r->ops++;
+		r->bytes += request_bytes;
+	} else {
+		r->errors++;
 	}
+	return k;
 }
+
+static void blk_run(struct result *r) { keep_in_flight(r, blk_submit, blk_complete, NULL); }
 
 /* -- virtio-net ------------------------------------------------------------------------------------------------- */
 static u8 mac[6];
@@ -258,9 +274,7 @@ static void net_setup(struct virtio_mmio_dev *dev, u32 secs, u32 frame)
 		error = virtio_mmio_setup_queue(dev, 1, &main_q, VIRTQ_MAX_SIZE);
 	if (error)
 		fail(error);
-	bool have_mac = dev->features & FEATURE(F_MAC);
-	for (u32 i = 0; i < 6; i++) /* without MAC: the fixed locally administered address the driver uses too */
-		mac[i] = have_mac ? virtio_mmio_config8(dev, i) : (u8)(i == 0 ? 0x02 : i == 5 ? 0x01 : 0);
+	vnet_mac(dev, mac);
 	if (frame < IOBENCH_MIN_FRAME || frame > IOBENCH_MAX_FRAME)
 		fail("iobench_frame must be 60..1514 bytes");
 	request_bytes = frame;
@@ -292,26 +306,8 @@ static void net_setup(struct virtio_mmio_dev *dev, u32 secs, u32 frame)
 	struct line l;
 	start_line(&l, dev, secs);
 	line_kv(&l, "rx_buffers", rx_posted);
-	line_str(&l, " mac=");
-	for (u32 i = 0; i < 6; i++) {
-		char hex[4] = {':', "0123456789abcdef"[mac[i] >> 4], "0123456789abcdef"[mac[i] & 0xF], 0};
-		line_str(&l, i ? hex : hex + 1);
-	}
+	line_mac(&l, mac);
 	line_print(&l);
-}
-
-static u64 load_le64(const u8 *p)
-{
-	u64 v = 0;
-	for (int i = 7; i >= 0; i--)
-		v = v << 8 | p[i];
-	return v;
-}
-
-static void store_le64(u8 *p, u64 v)
-{
-	for (int i = 0; i < 8; i++, v >>= 8)
-		p[i] = (u8)v;
 }
 
 static bool is_bench_frame(const u8 *buffer, u32 len)
@@ -321,10 +317,10 @@ static bool is_bench_frame(const u8 *buffer, u32 len)
 	       memcmp(f + TAG_OFFSET, "HSB1", 4) == 0;
 }
 
-static void tx_submit(u16 slot)
+static void tx_submit(u32 slot)
 {
 	store_le64(tx_buffer(slot) + NET_HDR + COUNTER_OFFSET, ++frame_counter);
-	virtq_post(&main_q, slot);
+	virtq_post(&main_q, (u16)slot);
 }
 
 /* Takes every received buffer back and reposts it; returns how many. `count` looks at each frame first. */
@@ -351,37 +347,19 @@ static void count_other(const u8 *buffer, u32 len, void *ctx)
 	((struct result *)ctx)->other++;
 }
 
-/* Keeps `depth` frames in flight until the deadline, then lets them drain (as blk_run). */
-static void net_tx_run(struct result *r)
+static u32 tx_complete(const struct virtq_used_elem *e, struct result *r)
 {
-	r->start = rdtsc();
-	u64 deadline = r->start + duration_tsc, last_progress = r->start;
-	for (u16 i = 0; i < depth; i++)
-		tx_submit(i);
-	virtq_kick(&main_q);
-	u32 in_flight = depth;
-	while (in_flight) {
-		rx_recycle(count_other, r);
-		struct virtq_used_elem e;
-		if (!virtq_get_used(&main_q, &e)) {
-			check_stuck(rdtsc(), last_progress);
-			continue;
-		}
-		u64 now = rdtsc();
-		do {
-			if (e.id >= depth)
-				fail("the device returned an unknown transmit buffer");
-			r->ops++;
-			r->bytes += request_bytes;
-			if (now < deadline)
-				tx_submit((u16)e.id);
-			else
-				in_flight--;
-		} while (virtq_get_used(&main_q, &e));
-		r->end = last_progress = now;
-		virtq_kick(&main_q);
-	}
+	if (e->id >= depth)
+		fail("the device returned an unknown transmit buffer");
+	r->ops++;
+	r->bytes += request_bytes;
+	return e->id;
 }
+
+static void tx_pass(struct result *r) { rx_recycle(count_other, r); } /* the host's own chatter, counted as other */
+
+/* Keeps `depth` frames in flight until the deadline, then lets them drain (as blk_run). */
+static void net_tx_run(struct result *r) { keep_in_flight(r, tx_submit, tx_complete, tx_pass); }
 
 struct rx_pass {
 	struct result *r;

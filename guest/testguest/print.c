@@ -53,6 +53,17 @@ void line_kv(struct line *l, const char *key, u64 value)
 	line_u64(l, value);
 }
 
+void line_mac(struct line *l, const u8 *mac)
+{
+	line_str(l, " mac=");
+	for (u32 i = 0; i < 6; i++) {
+		if (i)
+			put(l, ':');
+		put(l, "0123456789abcdef"[mac[i] >> 4]);
+		put(l, "0123456789abcdef"[mac[i] & 0xF]);
+	}
+}
+
 void line_cat(struct line *l, const struct line *other)
 {
 	for (usize i = 0; i < other->len; i++)

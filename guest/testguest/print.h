@@ -14,6 +14,7 @@ void line_str(struct line *l, const char *text);
 void line_u64(struct line *l, u64 value);
 void line_hex(struct line *l, u64 value); /* 0x... */
 void line_kv(struct line *l, const char *key, u64 value); /* " key=value" */
+void line_mac(struct line *l, const u8 *mac); /* " mac=aa:bb:cc:dd:ee:ff" */
 void line_cat(struct line *l, const struct line *other); /* appends what `other` holds so far */
 void line_print(struct line *l); /* appends "\r\n" and writes it out */
 

@@ -27,4 +27,19 @@ void *memset(void *dst, int c, usize n);
 int memcmp(const void *a, const void *b, usize n);
 usize strlen(const char *s);
 
+/* Little-endian u64 in a byte buffer (frame payloads: no alignment assumed). */
+static inline u64 load_le64(const u8 *p)
+{
+	u64 v = 0;
+	for (int i = 7; i >= 0; i--)
+		v = v << 8 | p[i];
+	return v;
+}
+
+static inline void store_le64(u8 *p, u64 v)
+{
+	for (int i = 0; i < 8; i++, v >>= 8)
+		p[i] = (u8)v;
+}
+
 #endif

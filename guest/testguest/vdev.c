@@ -32,17 +32,6 @@ static int kind_of(u32 device_id)
 	}
 }
 
-static void line_mac(struct line *l, const u8 *mac)
-{
-	line_str(l, " mac=");
-	for (u32 i = 0; i < 6; i++) {
-		if (i)
-			line_str(l, ":");
-		char hex[3] = {"0123456789abcdef"[mac[i] >> 4], "0123456789abcdef"[mac[i] & 0xF], 0};
-		line_str(l, hex);
-	}
-}
-
 static const char *start_driver(enum kind kind, struct virtio_mmio_dev *dev, const struct config *c, u64 tsc_khz,
 				 struct line *l)
 {

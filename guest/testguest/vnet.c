@@ -29,14 +29,20 @@ static bool running;
 
 static u64 tx_sent, tx_done, rx_count, rx_last, rx_other;
 
+bool vnet_mac(const struct virtio_mmio_dev *dev, u8 *out)
+{
+	bool have_mac = dev->features & FEATURE(F_MAC);
+	for (u32 i = 0; i < 6; i++) /* without MAC: a fixed locally administered address */
+		out[i] = have_mac ? virtio_mmio_config8(dev, i) : (u8)(i == 0 ? 0x02 : i == 5 ? 0x01 : 0);
+	return have_mac;
+}
+
 const char *vnet_start(struct virtio_mmio_dev *dev, struct vnet_info *info)
 {
 	const char *error = virtio_mmio_negotiate(dev, FEATURE(VIRTIO_F_EVENT_IDX) | FEATURE(F_MAC));
 	if (error)
 		return error;
-	bool have_mac = dev->features & FEATURE(F_MAC);
-	for (u32 i = 0; i < 6; i++) /* without MAC: a fixed locally administered address */
-		mac[i] = have_mac ? virtio_mmio_config8(dev, i) : (u8)(i == 0 ? 0x02 : i == 5 ? 0x01 : 0);
+	bool have_mac = vnet_mac(dev, mac);
 	error = virtio_mmio_setup_queue(dev, RX_QUEUE, &net_rxq, RX_BUFFERS);
 	if (!error)
 		error = virtio_mmio_setup_queue(dev, TX_QUEUE, &net_txq, TX_SLOTS);
@@ -57,20 +63,6 @@ const char *vnet_start(struct virtio_mmio_dev *dev, struct vnet_info *info)
 	*info = (struct vnet_info){.mac_from_device = have_mac, .rx_buffers = net_rxq.size, .tx_slots = net_txq.size};
 	memcpy(info->mac, mac, 6);
 	return NULL;
-}
-
-static u64 load_le64(const u8 *p)
-{
-	u64 v = 0;
-	for (int i = 7; i >= 0; i--)
-		v = v << 8 | p[i];
-	return v;
-}
-
-static void store_le64(u8 *p, u64 v)
-{
-	for (int i = 0; i < 8; i++, v >>= 8)
-		p[i] = (u8)v;
 }
 
 static void receive(const u8 *buffer, u32 len)

@@ -15,6 +15,10 @@ struct vnet_info {
 	u32 tx_slots;
 };
 
+/* After negotiation: the device's MAC address if it offers one (F_MAC, true), else the fixed locally administered
+ * 02:00:00:00:00:01 (false). */
+bool vnet_mac(const struct virtio_mmio_dev *dev, u8 *mac);
+
 /* Negotiates, sets up both queues and posts every receive buffer. NULL on success, else what went wrong. */
 const char *vnet_start(struct virtio_mmio_dev *dev, struct vnet_info *info);
 
