@@ -68,6 +68,14 @@ class Offer:
                 h.update(os.pread(fd, 1 << 24, offset))
         return h.hexdigest()
 
+    def ram(self) -> list[bytes]:
+        return [os.pread(fd, os.fstat(fd).st_size, 0) for fd in self.memory_fds]
+
+    def put_back(self, ram: list[bytes]) -> None:
+        """Undo a run of the guest: the next successor gets the never-run guest again, as the state expects."""
+        for fd, data in zip(self.memory_fds, ram, strict=True):
+            os.pwrite(fd, data, 0)
+
 
 @pytest.fixture(scope="module")
 def offer(guest_elf: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Offer]:
@@ -334,16 +342,27 @@ def close_after_state(old: OldVmm) -> None:
     old.close()
 
 
-def close_after_restored_protocol_2(old: OldVmm) -> None:
-    """An older VMM (protocol 2: no token) leaves after RESTORED but stays alive: no takeover from a live peer."""
+def config_protocol_2(old: OldVmm) -> None:
+    """CONFIG as an older VMM (protocol 2) sends it: no ownership token among the fds."""
     old.hello()
     fds = old.fds()
     fds.ownership = []
     old.send_config(payload=encode(old.config_message(protocol=2, fds=fds.counts())), fds=fds.flat())
+
+
+def close_after_restored_protocol_2(old: OldVmm) -> None:
+    """An older VMM (protocol 2: no token) leaves after RESTORED but stays alive: no takeover from a live peer."""
+    config_protocol_2(old)
     old.channel.recv(REPLY_TIMEOUT, {MessageType.READY})
     old.channel.send(MessageType.STATE, old.state_blob())
     old.channel.recv(REPLY_TIMEOUT, {MessageType.RESTORED})
     old.close()
+
+
+def config_protocol_2_with_token(old: OldVmm) -> None:
+    """A protocol-2 CONFIG that carries a token: the successor would wait for COMMIT while nobody takes it."""
+    old.hello()
+    old.send_config(payload=encode(old.config_message(protocol=2)))
 
 
 def config_without_token(old: OldVmm) -> None:
@@ -358,7 +377,6 @@ class Case:
     drive: Callable[[OldVmm], None]
     code: ErrorCode | None = None  # the ERROR expected back; None: the stream is gone, no answer is owed
     words: tuple[str, ...] = ()  # the message must contain each
-    bug: str = ""  # a known bug: the answer is wrong (its test is a strict xfail)
 
 
 CASES = {
@@ -392,6 +410,7 @@ CASES = {
     "abort-after-state": Case(abort_after_state),
     "close-after-restored-protocol-2": Case(close_after_restored_protocol_2),
     "config-without-token": Case(config_without_token, ErrorCode.BAD_CONFIG, ("ownership token",)),
+    "config-protocol-2-with-token": Case(config_protocol_2_with_token, ErrorCode.BAD_CONFIG, ("ownership token",)),
 }
 
 
@@ -449,17 +468,7 @@ def test_successor_gives_up_without_running_the_guest(run_case: Callable[[str], 
     assert "Traceback" not in result.log, result.log
 
 
-def _reply_params() -> list[object]:
-    params: list[object] = []
-    for name, case in CASES.items():
-        if case.code is None:
-            continue
-        marks = [pytest.mark.xfail(strict=True, reason=case.bug)] if case.bug else []
-        params.append(pytest.param(name, id=name, marks=marks))
-    return params
-
-
-@pytest.mark.parametrize("name", _reply_params())
+@pytest.mark.parametrize("name", [name for name, case in CASES.items() if case.code is not None])
 def test_successor_says_why(run_case: Callable[[str], Result], name: str) -> None:
     case, result = CASES[name], run_case(name)
     assert result.reply is not None, f"no ERROR before the connection closed\n{result.log}"
@@ -469,15 +478,27 @@ def test_successor_says_why(run_case: Callable[[str], Result], name: str) -> Non
         assert word in text, f"{word!r} not in {text!r}"
 
 
-def test_the_checks_see_a_successor_that_runs_the_guest(offer: Offer, tmp_path: Path) -> None:
-    """The whole handover done right: the successor takes the token and runs the guest, and the checks above see it."""
-    before = offer.digest()
+@pytest.mark.parametrize("protocol", [PROTOCOL_VERSION, 2])
+def test_the_checks_see_a_successor_that_runs_the_guest(offer: Offer, tmp_path: Path, protocol: int) -> None:
+    """The whole handover done right, and the checks above see the guest run: in protocol 3 the successor takes the
+    token and resumes; from an older VMM (protocol 2, no token) it sends RESTORED and resumes only after COMMIT."""
+    before, pristine = offer.digest(), offer.ram()
     old = OldVmm(offer, tmp_path)
     try:
-        old.ready()
-        old.channel.send(MessageType.STATE, old.state_blob())
-        old.channel.recv(REPLY_TIMEOUT, {MessageType.RESUMED})
-        assert not old.ownership.take(), "the successor runs the guest without holding the token"
+        if protocol == PROTOCOL_VERSION:
+            old.ready()
+            old.channel.send(MessageType.STATE, old.state_blob())
+            old.channel.recv(REPLY_TIMEOUT, {MessageType.RESUMED})
+            assert not old.ownership.take(), "the successor runs the guest without holding the token"
+        else:
+            config_protocol_2(old)
+            old.channel.recv(REPLY_TIMEOUT, {MessageType.READY})
+            old.channel.send(MessageType.STATE, old.state_blob())
+            old.channel.recv(REPLY_TIMEOUT, {MessageType.RESTORED})
+            time.sleep(0.5)
+            assert offer.digest() == before and old.console_log.read_text() == "", "it ran the guest before COMMIT"
+            old.channel.send(MessageType.COMMIT)
+            old.channel.recv(REPLY_TIMEOUT, {MessageType.RESUMED})
         deadline = time.monotonic() + 30
         while "hsg: status" not in old.console_log.read_text() and time.monotonic() < deadline:
             time.sleep(0.05)
@@ -489,3 +510,4 @@ def test_the_checks_see_a_successor_that_runs_the_guest(offer: Offer, tmp_path: 
         assert pids_with_tag(old.tag) == []
     finally:
         old.finish()
+        offer.put_back(pristine)
