@@ -662,27 +662,6 @@ def test_drivers_can_be_turned_off(boot: Boot, disk: Path) -> None:
 # --- virtio-net through a real tap ---------------------------------------------------------------------------
 
 
-@pytest.fixture
-def tap() -> Iterator[str]:
-    """A tap device of our own (hsq<pid>), up, without IPv6 chatter; deleted afterwards."""
-    if not os.path.exists("/dev/net/tun"):
-        pytest.skip("NO TUN: /dev/net/tun is missing, no tap device can be made")
-    if shutil.which("ip") is None:
-        pytest.skip("NO IPROUTE2: the ip command is needed to make a tap device")
-    name = f"hsq{os.getpid()}"[:15]
-    made = subprocess.run(["ip", "tuntap", "add", "mode", "tap", "name", name], capture_output=True, text=True)
-    if made.returncode:
-        pytest.skip(f"NO TAP: ip tuntap add failed: {made.stderr.strip()}")
-    try:
-        ipv6 = Path(f"/proc/sys/net/ipv6/conf/{name}/disable_ipv6")
-        if ipv6.exists():
-            ipv6.write_text("1")
-        subprocess.run(["ip", "link", "set", name, "up"], check=True, capture_output=True)
-        yield name
-    finally:
-        subprocess.run(["ip", "link", "delete", name], check=True, capture_output=True)
-
-
 class TapSocket:
     """A raw AF_PACKET socket on the tap for ethertype 0x88B5; a thread keeps the guest's "HSG1" frames."""
 
