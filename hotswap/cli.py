@@ -17,6 +17,7 @@ from hotswap import __version__, exitcodes, log, registry
 from hotswap.api import client
 from hotswap.config import DiskConfig, MachineConfig, NetConfig
 from hotswap.errors import ApiError, ConfigError, HotswapError
+from hotswap.machine.affinity import complement, parse_cpu_list
 from hotswap.units import format_duration, format_size, parse_size
 from kvm import KvmError
 
@@ -67,6 +68,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="virtio-net on a tap interface by name, or on an open tap fd handed in (repeatable)",
     )
     run.add_argument("--rng", action="store_true", help="virtio-rng entropy device")
+    run.add_argument(
+        "--vcpu-cpus",
+        metavar="LIST",
+        help="host CPUs the vCPU threads run on, e.g. 2-3 (default: any); kept across upgrades",
+    )
+    run.add_argument(
+        "--vmm-cpus",
+        metavar="LIST",
+        help="host CPUs for the VMM's other threads and its upgrades (default with --vcpu-cpus: the other CPUs)",
+    )
     run.add_argument("--json", action="store_true", help="with --daemon: print the result as JSON")
     run.add_argument("--log-json", action="store_true", help="log as JSON lines")
     run.set_defaults(handler=cmd_run)
@@ -165,7 +176,17 @@ def config_from_args(args: argparse.Namespace) -> MachineConfig:
         disks=tuple(_parse_disk(d) for d in args.disk),
         nets=tuple(_check_net_fd(_parse_net(n, i)) for i, n in enumerate(args.net)),
         rng=args.rng,
+        **_affinity_from_args(args),
     )
+
+
+def _affinity_from_args(args: argparse.Namespace) -> dict[str, tuple[int, ...]]:
+    """--vcpu-cpus and --vmm-cpus; with only --vcpu-cpus, the VMM's own threads get every other CPU we may use."""
+    vcpu_cpus = parse_cpu_list(args.vcpu_cpus, "--vcpu-cpus") if args.vcpu_cpus else ()
+    vmm_cpus = parse_cpu_list(args.vmm_cpus, "--vmm-cpus") if args.vmm_cpus else complement(vcpu_cpus)
+    if not vcpu_cpus and not args.vmm_cpus:
+        vmm_cpus = ()
+    return {"vcpu_cpus": vcpu_cpus, "vmm_cpus": vmm_cpus}
 
 
 def _check_host_memory(mem: int) -> None:

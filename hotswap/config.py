@@ -10,6 +10,7 @@ from typing import Any
 
 from hotswap.errors import ConfigError
 from hotswap.layout import MIB, VIRTIO_MAX_DEVICES
+from hotswap.machine.affinity import check_available
 
 MIN_MEM = 16 * MIB
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
@@ -56,6 +57,10 @@ class MachineConfig:
     disks: tuple[DiskConfig, ...] = field(default_factory=tuple)
     nets: tuple[NetConfig, ...] = field(default_factory=tuple)
     rng: bool = False
+    # Host CPUs for the vCPU threads and for every other thread of the VMM (hotswap/machine/affinity.py); empty:
+    # not pinned. Left out of the dict when empty, so configs of builds without them compare equal.
+    vcpu_cpus: tuple[int, ...] = ()
+    vmm_cpus: tuple[int, ...] = ()
 
     def validate(self, max_vcpus: int | None = None) -> None:
         if not NAME_PATTERN.match(self.name):
@@ -87,11 +92,18 @@ class MachineConfig:
                 raise ConfigError(f"--net fd={net.fd} is given twice: one fd can serve one device")
         if len(self.disks) + len(self.nets) + int(self.rng) > VIRTIO_MAX_DEVICES:
             raise ConfigError(f"at most {VIRTIO_MAX_DEVICES} virtio devices")
+        check_available(self.vcpu_cpus, "--vcpu-cpus")
+        check_available(self.vmm_cpus, "--vmm-cpus")
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data["disks"] = [asdict(d) for d in self.disks]
         data["nets"] = [n.to_dict() for n in self.nets]
+        for pinned in ("vcpu_cpus", "vmm_cpus"):
+            if data[pinned]:
+                data[pinned] = list(data[pinned])
+            else:
+                del data[pinned]
         return data
 
     @classmethod
@@ -104,8 +116,10 @@ class MachineConfig:
         try:
             values["disks"] = tuple(DiskConfig(**d) for d in data.get("disks", ()))
             values["nets"] = tuple(NetConfig(**n) for n in data.get("nets", ()))  # older builds: tap and mac only
+            for pinned in ("vcpu_cpus", "vmm_cpus"):
+                values[pinned] = tuple(int(cpu) for cpu in data.get(pinned, ()))
             return cls(**values)
-        except TypeError as exc:
+        except (TypeError, ValueError) as exc:
             raise ConfigError(f"machine config is incomplete: {exc}") from None
 
 

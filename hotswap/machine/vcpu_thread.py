@@ -15,8 +15,10 @@ import time
 from collections.abc import Callable
 
 from hotswap.machine import priority
+from hotswap.machine.affinity import pin_this_thread
 from hotswap.machine.exit_handler import ExitBus, Stop, handle_exit
 from hotswap.machine.signal_fd import Gate, SignalFd
+from hotswap.proctitle import set_thread_name
 from kvm import KvmError, Vcpu
 from kvm._ffi import lib
 
@@ -52,6 +54,7 @@ class VcpuThread:
         on_stop: Callable[[int, Stop], None],
         gate: Gate,
         on_running: Callable[[], None],
+        cpus: tuple[int, ...] = (),
     ) -> None:
         install_kick_handler()
         self.vcpu = vcpu
@@ -60,6 +63,7 @@ class VcpuThread:
         self._on_stop = on_stop
         self._gate = gate
         self._on_running = on_running
+        self._cpus = cpus
         self._pause_requested = False
         self._quit = False
         self._paused = SignalFd()
@@ -112,6 +116,8 @@ class VcpuThread:
     # -- the loop ---------------------------------------------------------------------------------------------
     def _loop(self) -> None:
         self._ident = threading.get_ident()
+        set_thread_name(f"vcpu{self.vcpu.id}")  # `top -H`, `ps -L` and /proc show which thread runs the guest
+        pin_this_thread(self._cpus, f"vcpu{self.vcpu.id}")
         vcpu = self.vcpu
         pio, mmio = self._pio, self._mmio
         try:

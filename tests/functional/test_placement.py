@@ -1,0 +1,96 @@
+"""--vcpu-cpus/--vmm-cpus on a real guest: where each thread runs, before and after live upgrades, and the
+priorities an upgrade leaves behind."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from framework.guest import guest_cmdline
+from framework.vmm import GuestVm
+from test_upgrade import assert_continues
+
+pytestmark = pytest.mark.kvm
+
+
+def threads(pid: int) -> dict[int, tuple[str, str, int]]:
+    """tid -> (comm, allowed CPUs as the kernel lists them, nice)."""
+    found = {}
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        base = f"/proc/{pid}/task/{tid}"
+        comm = Path(f"{base}/comm").read_text().strip()
+        allowed = next(
+            line.split(":", 1)[1].strip()
+            for line in Path(f"{base}/status").read_text().splitlines()
+            if line.startswith("Cpus_allowed_list:")
+        )
+        nice = int(Path(f"{base}/stat").read_text().rsplit(")", 1)[1].split()[16])
+        found[int(tid)] = (comm, allowed, nice)
+    return found
+
+
+def two_cpus() -> tuple[int, int]:
+    allowed = sorted(os.sched_getaffinity(0))
+    if len(allowed) < 2:
+        pytest.skip(f"placement needs 2 CPUs; this process may use only {allowed}")
+    return allowed[0], allowed[-1]
+
+
+def assert_placed(pid: int, vmm_cpu: int, vcpu_cpu: int) -> None:
+    seen = threads(pid)
+    vcpus = [info for info in seen.values() if info[0] == "vcpu0"]
+    assert [allowed for _, allowed, _ in vcpus] == [str(vcpu_cpu)], seen
+    others = {comm: allowed for comm, allowed, _ in seen.values() if comm != "vcpu0"}
+    assert set(others.values()) == {str(vmm_cpu)}, seen
+    assert any(comm.startswith("kvm-") for comm in others), f"KVM's worker is not among the VMM's tasks: {seen}"
+    assert {nice for _, _, nice in seen.values()} == {0}, f"a thread runs at another priority: {seen}"
+
+
+def test_vcpus_and_vmm_stay_on_their_cpus_across_upgrades(vm: GuestVm, guest_elf: Path) -> None:
+    vmm_cpu, vcpu_cpu = two_cpus()
+    vm.start(guest_elf, guest_cmdline(status_ms=50), 1, "256M", "--vcpu-cpus", str(vcpu_cpu))
+    before = vm.wait_statuses(2)
+    config = vm.info()["config"]
+    assert (config["vcpu_cpus"], config["vmm_cpus"]) == ([vcpu_cpu], [vmm_cpu])
+    assert_placed(vm.pid or 0, vmm_cpu, vcpu_cpu)
+    for generation in (2, 3):
+        result = vm.upgrade()
+        assert result["generation"] == generation
+        assert_placed(result["new_pid"], vmm_cpu, vcpu_cpu)
+    assert_continues(vm, before)
+
+
+def test_unpinned_vmm_runs_anywhere_at_normal_priority(vm: GuestVm, guest_elf: Path) -> None:
+    vm.start(guest_elf, guest_cmdline(status_ms=50))
+    vm.wait_statuses(1)
+    result = vm.upgrade()
+    everywhere = os.sched_getaffinity(0)
+    for comm, allowed, nice in threads(result["new_pid"]).values():
+        assert nice == 0, f"{comm} runs at nice {nice} after the upgrade"
+        cpus = {int(c) for part in allowed.split(",") for c in _expand(part)}
+        assert cpus >= everywhere, f"{comm} was restricted to {allowed}"
+    assert "vcpu_cpus" not in vm.info()["config"]
+
+
+def _expand(part: str) -> range:
+    low, _, high = part.partition("-")
+    return range(int(low), int(high or low) + 1)
+
+
+def test_upgrade_command_follows_the_vmm_cpus() -> None:
+    vmm_cpu, _ = two_cpus()
+    sleeper = subprocess.Popen(["sleep", "30"])
+    try:
+        os.sched_setaffinity(sleeper.pid, {vmm_cpu})
+        code = (
+            "import os; from hotswap.machine.affinity import follow_process; "
+            f"follow_process({sleeper.pid}, frozenset(os.sched_getaffinity(0))); print(sorted(os.sched_getaffinity(0)))"
+        )
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+        assert out.strip() == f"[{vmm_cpu}]"
+    finally:
+        sleeper.kill()
+        sleeper.wait()
