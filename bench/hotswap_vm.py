@@ -20,6 +20,7 @@ from typing import Any
 
 from framework.procs import kill_pids, pids_with_env
 
+from bench.placement import Placement, cpu_list
 from bench.report import BenchError
 
 HOTSWAP = [sys.executable, "-m", "hotswap"]
@@ -76,11 +77,14 @@ class HotswapVm:
             raise BenchError(f"hotswap {' '.join(args)}: exited {result.returncode}: {result.stderr.strip()[-2000:]}")
         return result
 
-    def start(self, kernel: Path, cmdline: str, cpus: int, mem: str) -> HotswapVm:
+    def start(self, kernel: Path, cmdline: str, cpus: int, mem: str, placement: Placement | None = None) -> HotswapVm:
         # The console log is for post-mortems; the benchmark reads the console socket.
+        pinning = []
+        if placement is not None:
+            pinning = ["--vcpu-cpus", cpu_list(placement.vcpu_cpus), "--vmm-cpus", cpu_list(placement.vmm_cpus)]
         result = self.cli(
             "run", "--daemon", "--json", "--kernel", str(kernel), "--cmdline", cmdline, "--cpus", str(cpus),
-            "--mem", mem, "--name", self.name, "--console-log", str(self.console_log),
+            "--mem", mem, "--name", self.name, "--console-log", str(self.console_log), *pinning,
         )  # fmt: skip
         self.pid = int(json.loads(result.stdout)["pid"])
         return self

@@ -24,6 +24,7 @@ from typing import Any
 
 from framework.procs import kill_pids
 
+from bench.placement import Placement, cpu_list, pin_threads
 from bench.qmp import Qmp, QmpError, event_time_ns
 from bench.report import BenchError
 
@@ -50,6 +51,7 @@ class QemuSpec:
     mem_mib: int
     cpus: int = 1
     shared_mem: Path | None = None
+    placement: Placement | None = None  # None: shared CPUs (bench/placement.py)
 
 
 @dataclass
@@ -89,6 +91,8 @@ class QemuVm:
         spec = self.spec
         machine = "microvm"
         args = [QEMU]
+        if spec.placement is not None:  # taskset execs QEMU: same pid, every thread starts on the VMM CPUs
+            args = ["taskset", "-c", cpu_list(spec.placement.vmm_cpus), QEMU]
         if spec.shared_mem is not None:
             args += [
                 "-object",
@@ -143,6 +147,11 @@ class QemuVm:
                 raise BenchError(f"qemu {self.name}: no QMP socket after {timeout:.0f} s: {self.log_tail()}")
             time.sleep(0.005)
 
+    def pin_vcpus(self, cpus: tuple[int, ...]) -> None:
+        """Move the vCPU threads (QEMU creates them at start, before any migration) to `cpus`."""
+        threads = [int(cpu["thread-id"]) for cpu in self.command("query-cpus-fast")]
+        pin_threads(threads, cpus, f"qemu {self.name}")
+
     def open_console(self) -> socket.socket:
         """A connection to the serial console socket (QEMU drops output while no client is connected)."""
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -190,6 +199,8 @@ class Fleet:
         vm.launch()
         if connect:
             vm.connect()
+            if spec.placement is not None:
+                vm.pin_vcpus(spec.placement.vcpu_cpus)
         return vm
 
     def kill(self, vm: QemuVm) -> None:

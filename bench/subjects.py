@@ -17,6 +17,7 @@ from bench.console import ConsoleTap
 from bench.gaps import OFFSET_LINES, Window, operation_window, realtime_to_monotonic_ns
 from bench.guest import boot_tsc_khz
 from bench.hotswap_vm import HotswapVm
+from bench.placement import Placement
 from bench.qemu import Fleet, QemuSpec, QemuVm, migrate, start_destination
 from bench.qmp import QmpError
 from bench.report import BenchError
@@ -75,8 +76,18 @@ def settle(tap: ConsoleTap, lines: int = SETTLE_AFTER_RESUME) -> int:
 
 # -- hotswap -----------------------------------------------------------------------------------------------------
 class HotswapSubject:
-    def __init__(self, run_dir: Path, name: str, kernel: Path, cmdline: str, cpus: int, mem_mib: int) -> None:
+    def __init__(
+        self,
+        run_dir: Path,
+        name: str,
+        kernel: Path,
+        cmdline: str,
+        cpus: int,
+        mem_mib: int,
+        placement: Placement | None = None,
+    ) -> None:
         self.name = "hotswap"
+        self.placement = placement
         self.vm = HotswapVm(run_dir, name)
         self.tap = ConsoleTap()
         self._boot_args = (kernel, cmdline, cpus, f"{mem_mib}M")
@@ -84,7 +95,7 @@ class HotswapSubject:
 
     def boot(self) -> None:
         kernel, cmdline, cpus, mem = self._boot_args
-        self.vm.start(kernel, cmdline, cpus, mem)
+        self.vm.start(kernel, cmdline, cpus, mem, self.placement)
         # A new console client is sent the recent output first, so the boot line is not missed.
         self.tap.attach_socket(self.vm.open_console(), self.vm.name)
         self.tsc_khz = boot_tsc_khz(self.tap.wait_line("hsg: boot ", BOOT_TIMEOUT)[1])

@@ -13,6 +13,7 @@ window held: the baseline, measured on the same guest in the same run (bench/gap
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import sys
 import tempfile
@@ -23,6 +24,7 @@ from pathlib import Path
 from bench import gaps
 from bench.guest import cmdline, guest_image
 from bench.host import HostWatch
+from bench.placement import Placement, pinned_placement
 from bench.qemu import Fleet, QemuSpec, qemu_version, shm_path
 from bench.report import BenchError, emit
 from bench.snapshot import add_option, run_measure
@@ -30,10 +32,18 @@ from bench.subjects import HotswapSubject, Operation, QemuSubject, Subject
 from bench.upgrade_analysis import SIZES, STATUS_MS, Figures, Run, Size, figures, tables, verdicts
 
 MAX_FAILURES_IN_A_ROW = 3
+PINNED_NOTE = (
+    "placement: pinned (--pin): per size, the guest's vCPU threads on the last CPUs, every other thread (the VMM's "
+    "own, hotswap's upgrade command and successor, QEMU's main loop and migration, this benchmark) on the others; "
+    "the same for both VMMs; a size with as many vCPUs as the host has CPUs runs shared"
+)
+SHARED_NOTE = "placement: shared (no --pin): every thread may run on any CPU, the scheduler decides"
 
 
 # -- running -------------------------------------------------------------------------------------------------------
-def make_subjects(size: Size, args: argparse.Namespace, kernel: Path, workdir: Path, fleet: Fleet) -> list[Subject]:
+def make_subjects(
+    size: Size, args: argparse.Namespace, kernel: Path, workdir: Path, fleet: Fleet, placement: Placement | None
+) -> list[Subject]:
     subjects: list[Subject] = [
         HotswapSubject(
             workdir,
@@ -42,12 +52,14 @@ def make_subjects(size: Size, args: argparse.Namespace, kernel: Path, workdir: P
             cmdline(uart=args.hotswap_uart, ws=size.ws, status_ms=STATUS_MS),
             size.cpus,
             size.mem_mib,
+            placement,
         )
     ]
     if not args.no_qemu:
         qemu_cmdline = cmdline(uart="port", ws=size.ws, status_ms=STATUS_MS)
         for shared in (False, True):
-            spec = QemuSpec(kernel, qemu_cmdline, size.mem_mib, size.cpus, shm_path(size.key) if shared else None)
+            shm = shm_path(size.key) if shared else None
+            spec = QemuSpec(kernel, qemu_cmdline, size.mem_mib, size.cpus, shm, placement)
             subjects.append(QemuSubject(fleet, spec, timeout=args.migration_timeout))
     return subjects
 
@@ -65,9 +77,15 @@ def measure_once(subject: Subject, quiet_since: int) -> Operation:
 def run_size(size: Size, args: argparse.Namespace, kernel: Path, log: Callable[[str], None]) -> list[Run]:
     workdir = Path(tempfile.mkdtemp(prefix=f"hotswap-bench-{size.key}-"))
     runs: list[Run] = []
+    placement = pinned_placement(size.cpus) if args.pin else None
+    if args.pin:
+        log(f"[{size.key}] " + (placement.describe() if placement else "too few CPUs to pin: shared CPUs"))
+    started_on = os.sched_getaffinity(0)
+    if placement is not None:
+        os.sched_setaffinity(0, placement.vmm_cpus)  # this thread and the console readers it starts
     try:
         with Fleet(workdir) as fleet:
-            subjects = make_subjects(size, args, kernel, workdir, fleet)
+            subjects = make_subjects(size, args, kernel, workdir, fleet, placement)
             runs = [Run(size, s.name) for s in subjects]
             try:
                 for subject in subjects:
@@ -95,6 +113,7 @@ def run_size(size: Size, args: argparse.Namespace, kernel: Path, log: Callable[[
                     subject.close()
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
+        os.sched_setaffinity(0, started_on)
     return runs
 
 
@@ -130,6 +149,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--sizes", default=",".join(s.key for s in SIZES), help="subset of " + ",".join(s.key for s in SIZES)
     )
     parser.add_argument("--no-qemu", action="store_true", help="hotswap only")
+    parser.add_argument(
+        "--pin",
+        action="store_true",
+        help="vCPU threads on CPUs of their own, everything else on the others, both VMMs (bench/placement.py)",
+    )
     parser.add_argument("--hotswap-uart", choices=["mmio", "port"], default="mmio", help="hotswap guest's UART (mmio)")
     parser.add_argument(
         "--migration-timeout", type=float, default=60.0, help="seconds before a QEMU migration is cancelled"
@@ -178,6 +202,7 @@ def measure(args: argparse.Namespace, root: Path) -> int:
         f"x-ignore-shared; one guest running at a time. Guest: test guest, status_ms={STATUS_MS}, "
         f"hotswap uart={args.hotswap_uart}, QEMU uart=port (microvm has no MMIO UART). Peer: {qemu_version()} "
         "microvm, same-host migration over a unix socket, max-bandwidth 10 GiB/s, default downtime-limit (300 ms).",
+        PINNED_NOTE if args.pin else SHARED_NOTE,
         "clock shift: how far the guest's clock (status uptime_us against the host time each line arrived, minimum "
         f"over {gaps.OFFSET_LINES} lines either side) fell behind across an operation; ~0 (within a few ms of "
         "arrival jitter) means the guest's clock ran through the pause, so its gaps include the whole pause",
