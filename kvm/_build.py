@@ -235,6 +235,8 @@ struct kvm_run {
 };
 
 /* ---- helpers implemented in C below ---- */
+struct hs_ioctl_step { unsigned long request; void *arg; int expect; };
+int hs_ioctl_batch(int fd, const struct hs_ioctl_step *steps, int count, int *rc);
 int hs_ioctl_ptr(int fd, unsigned long request, void *arg);
 int hs_ioctl_int(int fd, unsigned long request, unsigned long arg);
 void *hs_mmap(size_t length, int prot, int flags, int fd, long offset, int *err);
@@ -304,6 +306,19 @@ _Static_assert(offsetof(struct hs_exit_emulation_failure, insn_bytes)
 static int hs_ioctl_ptr(int fd, unsigned long request, void *arg) {
     int r = ioctl(fd, request, arg);
     return r < 0 ? -errno : r;
+}
+/* A fixed sequence of ioctls on one fd in one call from Python: no interpreter work between them (each costs a
+   few us of Python in the pause window otherwise). Stops at the first step that fails or returns other than
+   `expect` (-1: any non-negative value); returns that step's index, or `count` when all ran, with the step's
+   return value (-errno on failure) in *rc. */
+struct hs_ioctl_step { unsigned long request; void *arg; int expect; };
+static int hs_ioctl_batch(int fd, const struct hs_ioctl_step *steps, int count, int *rc) {
+    for (int i = 0; i < count; i++) {
+        int r = ioctl(fd, steps[i].request, steps[i].arg);
+        *rc = r < 0 ? -errno : r;
+        if (r < 0 || (steps[i].expect >= 0 && r != steps[i].expect)) return i;
+    }
+    return count;
 }
 static int hs_ioctl_int(int fd, unsigned long request, unsigned long arg) {
     int r = ioctl(fd, request, arg);

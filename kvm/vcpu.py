@@ -10,10 +10,11 @@ from __future__ import annotations
 import errno
 import os
 import struct
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING
 
 from kvm._ffi import CData, ffi, ioctl, lib
+from kvm.batch import IoctlBatch, Step
 from kvm.cpuid import CpuidEntry, CpuidLike, alloc_cpuid2, cpuid2_from_entries, entries_from_cpuid2
 from kvm.errors import KvmError
 from kvm.exits import INTERRUPTED, VcpuExit, decode_exit
@@ -62,6 +63,8 @@ class Vcpu:
         self._msr_count = 0
         self._msr_layout = struct.Struct("<")
         self._msr_view: CData = None
+        self._write_msrs: dict[tuple[int, bool], CData] = {}
+        self.batches: dict[object, IoctlBatch] = {}  # built once per vCPU by kvm/vcpu_state.py
 
     def close(self) -> None:
         if self.fd < 0:
@@ -195,6 +198,7 @@ class Vcpu:
         """Fix the list of MSRs get_msrs() reads, with a buffer allocated once."""
         count = len(indices)
         self._msr_count = count
+        self.batches.clear()  # they hold the buffer this replaces
         self._msrs = ffi.new("struct kvm_msrs *", {"nmsrs": count, "entries": count})
         self._msrs.nmsrs = count
         # struct kvm_msr_entry is {u32 index; u32 reserved; u64 data}: the whole array converts in one struct
@@ -279,6 +283,115 @@ class Vcpu:
             if lib.hs_ioctl_ptr(self.fd, lib.KVM_GET_MSRS, probe) == 1:
                 readable.append(index)
         return readable
+
+    # -- the whole state as batch steps (kvm/vcpu_state.py orders them; kvm/batch.py runs them) ----------------
+    BLOB_PARTS = ("regs", "sregs", "xsave", "xcrs", "debugregs", "lapic", "vcpu_events")
+
+    def _blob(self, part: str) -> tuple[CData, int, int, int, str]:
+        """(buffer, size, get request, set request, name) of a fixed-size state part."""
+        table = {
+            "regs": (self._regs, lib.KVM_GET_REGS, lib.KVM_SET_REGS, "REGS"),
+            "sregs": (self._sregs, lib.KVM_GET_SREGS, lib.KVM_SET_SREGS, "SREGS"),
+            "xcrs": (self._xcrs, lib.KVM_GET_XCRS, lib.KVM_SET_XCRS, "XCRS"),
+            "debugregs": (self._debugregs, lib.KVM_GET_DEBUGREGS, lib.KVM_SET_DEBUGREGS, "DEBUGREGS"),
+            "lapic": (self._lapic, lib.KVM_GET_LAPIC, lib.KVM_SET_LAPIC, "LAPIC"),
+            "vcpu_events": (self._events, lib.KVM_GET_VCPU_EVENTS, lib.KVM_SET_VCPU_EVENTS, "VCPU_EVENTS"),
+        }
+        if part == "xsave":
+            get_name = "KVM_GET_XSAVE2" if self._xsave_get == lib.KVM_GET_XSAVE2 else "KVM_GET_XSAVE"
+            return self._xsave, self._xsave_size, self._xsave_get, lib.KVM_SET_XSAVE, get_name
+        buf, get, put, name = table[part]
+        return buf, ffi.sizeof(buf[0]), get, put, f"KVM_GET_{name}"
+
+    def get_step(self, part: str) -> Step:
+        """The ioctl that reads `part` into this vCPU's buffer (read it with part_value after the batch ran)."""
+        if part == "mp_state":
+            return Step(lib.KVM_GET_MP_STATE, self._mp_state, "KVM_GET_MP_STATE")
+        if part == "msrs":
+            self._msrs.nmsrs = self._msr_count
+            return Step(lib.KVM_GET_MSRS, self._msrs, "KVM_GET_MSRS", self._msr_count, self._short_msr_read)
+        if part == "tsc_offset":
+            return Step(lib.KVM_GET_DEVICE_ATTR, self._tsc_attr(), "KVM_GET_DEVICE_ATTR(KVM_VCPU_TSC_OFFSET)")
+        buf, _size, get, _put, name = self._blob(part)
+        return Step(get, buf, name)
+
+    def part_bytes(self, part: str) -> bytes:
+        """What the last batch read for a blob part, or "msrs" (the raw struct kvm_msr_entry array)."""
+        if part == "msrs":
+            blob: bytes = self._msr_view[:]
+            return blob
+        buf, size, _get, _put, _name = self._blob(part)
+        data: bytes = ffi.buffer(buf, size)[:]
+        return data
+
+    def part_int(self, part: str) -> int:
+        """What the last batch read for "mp_state" or "tsc_offset"."""
+        if part == "mp_state":
+            return int(self._mp_state.mp_state)
+        if part == "tsc_offset":
+            return int(self._u64[0])
+        raise ValueError(f"{part} is not an integer part")
+
+    def set_step(self, part: str, msr_count: int = 0) -> Step:
+        """The ioctl that writes `part` from this vCPU's buffer (filled by load_part before the batch runs).
+        "msrs" writes `msr_count` entries; "tsc_deadline" writes IA32_TSC_DEADLINE alone."""
+        if part == "mp_state":
+            return Step(lib.KVM_SET_MP_STATE, self._mp_state, "KVM_SET_MP_STATE")
+        if part == "msrs":
+            msrs = self._msrs_to_write(msr_count)
+            return Step(lib.KVM_SET_MSRS, msrs, "KVM_SET_MSRS", msr_count, self._short_msr_write(msrs))
+        if part == "tsc_deadline":
+            one = self._msrs_to_write(1, spare=True)
+            return Step(lib.KVM_SET_MSRS, one, "KVM_SET_MSRS(IA32_TSC_DEADLINE)", 1)
+        if part == "tsc_offset":
+            return Step(lib.KVM_SET_DEVICE_ATTR, self._tsc_attr(), "KVM_SET_DEVICE_ATTR(KVM_VCPU_TSC_OFFSET)")
+        buf, _size, _get, put, name = self._blob(part)
+        return Step(put, buf, name.replace("KVM_GET_", "KVM_SET_").replace("XSAVE2", "XSAVE"))
+
+    def load_part(self, part: str, value: bytes | int, msr_index: int = 0) -> None:
+        """Fill the buffer set_step(part) writes from. "tsc_deadline" takes the value, with `msr_index`."""
+        if part == "mp_state":
+            self._mp_state.mp_state = int(value)
+        elif part == "tsc_offset":
+            self._u64[0] = int(value) & 0xFFFF_FFFF_FFFF_FFFF
+        elif part == "msrs":
+            assert isinstance(value, bytes | bytearray | memoryview)
+            msrs = self._msrs_to_write(len(value) // 16)
+            ffi.memmove(msrs.entries, value, len(value))
+        elif part == "tsc_deadline":
+            one = self._msrs_to_write(1, spare=True)
+            one.entries[0].index = msr_index
+            one.entries[0].data = int(value)
+        else:
+            assert isinstance(value, bytes | bytearray | memoryview)
+            buf, size, _get, _put, name = self._blob(part)
+            if len(value) != size:
+                raise KvmError(
+                    name.replace("GET", "SET"), errno.EINVAL, f"state blob is {len(value)} bytes, expected {size}"
+                )
+            ffi.memmove(buf, value, size)
+
+    def _msrs_to_write(self, count: int, spare: bool = False) -> CData:
+        """A struct kvm_msrs for `count` entries, kept per count (the same one every time for a given count)."""
+        key = (count, spare)
+        msrs = self._write_msrs.get(key)
+        if msrs is None:
+            msrs = ffi.new("struct kvm_msrs *", {"nmsrs": count, "entries": count})
+            msrs.nmsrs = count
+            self._write_msrs[key] = msrs
+        return msrs
+
+    def _short_msr_read(self, got: int) -> str:
+        bad = self._msrs.entries[got].index
+        return f"read {got} of {self._msr_count} MSRs, stopped at {bad:#x}"
+
+    @staticmethod
+    def _short_msr_write(msrs: CData) -> Callable[[int], str]:
+        def describe(done: int) -> str:
+            entry = msrs.entries[done]
+            return f"KVM accepted {done} of {msrs.nmsrs} MSRs, refused {entry.index:#x} = {entry.data:#x}"
+
+        return describe
 
     # -- TSC and clock ----------------------------------------------------------------------------------------
     def _tsc_attr(self) -> CData:

@@ -20,6 +20,7 @@ import struct
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from kvm.batch import IoctlBatch
 from kvm.system import (
     KVM_PARAVIRT_MSR_FIRST,
     MSR_IA32_MC0_CTL,
@@ -103,40 +104,72 @@ def msr_candidates(kvm: Kvm, vcpu: Vcpu) -> list[int]:
 
 
 def prepare(vcpu: Vcpu, msr_indices: Iterable[int]) -> None:
-    """Fix the MSR list and allocate capture buffers (before any pause)."""
-    vcpu.set_msr_indices(list(msr_indices))
+    """Fix the MSR list, allocate capture buffers and build the ioctl batches of a capture and of a restore of a
+    state with the same MSR list (deadline armed or not): before any pause."""
+    indices = list(msr_indices)
+    vcpu.set_msr_indices(indices)
+    others = len([index for index in indices if index != MSR_IA32_TSC_DEADLINE])
+    for deadline in (False, True):
+        _restore_batch(vcpu, others, deadline)
+    vcpu.batches["capture"] = IoctlBatch(vcpu.fd, [vcpu.get_step(part) for part in CAPTURE_ORDER])
+
+
+# Every ioctl of a capture, and of a restore, runs in one C call (kvm/batch.py), in these orders.
+CAPTURE_ORDER = ("mp_state", "regs", "sregs", "xsave", "xcrs", "debugregs", "lapic", "msrs", "tsc_offset",
+                 "vcpu_events")  # fmt: skip
+RESTORE_ORDER = ("mp_state", "regs", "sregs", "xsave", "xcrs", "debugregs", "lapic", "tsc_offset", "msrs",
+                 "tsc_deadline", "vcpu_events")  # fmt: skip
 
 
 def capture(vcpu: Vcpu) -> VcpuState:
     """Read the whole state of a paused vCPU (order explained in the module docstring)."""
-    mp_state = vcpu.get_mp_state()
-    regs = vcpu.get_regs_blob()
-    sregs = vcpu.get_sregs_blob()
-    xsave = vcpu.get_xsave_blob()
-    xcrs = vcpu.get_xcrs_blob()
-    debugregs = vcpu.get_debugregs_blob()
-    lapic = vcpu.get_lapic_blob()
-    msrs = vcpu.get_msrs_blob()
-    tsc_offset = vcpu.get_tsc_offset()
-    events = vcpu.get_vcpu_events_blob()
-    return VcpuState(vcpu.id, mp_state, regs, sregs, xsave, xcrs, debugregs, lapic, msrs, tsc_offset, events)
+    batch = vcpu.batches.get("capture")
+    if batch is None:
+        batch = vcpu.batches["capture"] = IoctlBatch(vcpu.fd, [vcpu.get_step(part) for part in CAPTURE_ORDER])
+    batch.run()
+    blob = vcpu.part_bytes
+    return VcpuState(
+        vcpu.id,
+        mp_state=vcpu.part_int("mp_state"),
+        regs=blob("regs"),
+        sregs=blob("sregs"),
+        xsave=blob("xsave"),
+        xcrs=blob("xcrs"),
+        debugregs=blob("debugregs"),
+        lapic=blob("lapic"),
+        msrs=blob("msrs"),
+        tsc_offset=vcpu.part_int("tsc_offset"),
+        vcpu_events=blob("vcpu_events"),
+    )
 
 
 def restore(vcpu: Vcpu, state: VcpuState) -> None:
     """Write a captured state into a fresh, not yet running vCPU (order explained in the module docstring)."""
-    vcpu.set_mp_state(state.mp_state)
-    vcpu.set_regs_blob(state.regs)
-    vcpu.set_sregs_blob(state.sregs)
-    vcpu.set_xsave_blob(state.xsave)
-    vcpu.set_xcrs_blob(state.xcrs)
-    vcpu.set_debugregs_blob(state.debugregs)
-    vcpu.set_lapic_blob(state.lapic)
-    vcpu.set_tsc_offset(state.tsc_offset)
     others, deadline = split_tsc_deadline(state.msrs)
-    vcpu.set_msrs_blob(others)
+    msr_count = len(others) // 16
+    batch = _restore_batch(vcpu, msr_count, bool(deadline))
+    load = vcpu.load_part
+    load("mp_state", state.mp_state)
+    for part in Vcpu.BLOB_PARTS:
+        load(part, getattr(state, part))
+    load("tsc_offset", state.tsc_offset)
+    if msr_count:
+        load("msrs", others)
     if deadline:
-        vcpu.set_msrs([(MSR_IA32_TSC_DEADLINE, deadline)])
-    vcpu.set_vcpu_events_blob(state.vcpu_events)
+        load("tsc_deadline", deadline, MSR_IA32_TSC_DEADLINE)
+    batch.run()
+
+
+def _restore_batch(vcpu: Vcpu, msr_count: int, deadline: bool) -> IoctlBatch:
+    """The restore's ioctls for `msr_count` MSRs besides TSC_DEADLINE, built once per shape (prepare() builds the
+    likely ones, so none is built inside a pause window). An empty MSR list or a disarmed deadline (0) writes
+    nothing: those steps are left out."""
+    key = ("restore", msr_count, deadline)
+    batch = vcpu.batches.get(key)
+    if batch is None:
+        parts = [p for p in RESTORE_ORDER if (p != "msrs" or msr_count) and (p != "tsc_deadline" or deadline)]
+        batch = vcpu.batches[key] = IoctlBatch(vcpu.fd, [vcpu.set_step(part, msr_count) for part in parts])
+    return batch
 
 
 def split_tsc_deadline(msrs: bytes) -> tuple[bytes, int]:
