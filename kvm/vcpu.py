@@ -64,6 +64,7 @@ class Vcpu:
         self._msr_layout = struct.Struct("<")
         self._msr_view: CData = None
         self._write_msrs: dict[tuple[int, bool], CData] = {}
+        self._blob_table: dict[str, tuple[CData, int, int, int, str]] = {}  # filled by _blob() on first use
         self.batches: dict[object, IoctlBatch] = {}  # built once per vCPU by kvm/vcpu_state.py
 
     def close(self) -> None:
@@ -288,20 +289,21 @@ class Vcpu:
     BLOB_PARTS = ("regs", "sregs", "xsave", "xcrs", "debugregs", "lapic", "vcpu_events")
 
     def _blob(self, part: str) -> tuple[CData, int, int, int, str]:
-        """(buffer, size, get request, set request, name) of a fixed-size state part."""
-        table = {
-            "regs": (self._regs, lib.KVM_GET_REGS, lib.KVM_SET_REGS, "REGS"),
-            "sregs": (self._sregs, lib.KVM_GET_SREGS, lib.KVM_SET_SREGS, "SREGS"),
-            "xcrs": (self._xcrs, lib.KVM_GET_XCRS, lib.KVM_SET_XCRS, "XCRS"),
-            "debugregs": (self._debugregs, lib.KVM_GET_DEBUGREGS, lib.KVM_SET_DEBUGREGS, "DEBUGREGS"),
-            "lapic": (self._lapic, lib.KVM_GET_LAPIC, lib.KVM_SET_LAPIC, "LAPIC"),
-            "vcpu_events": (self._events, lib.KVM_GET_VCPU_EVENTS, lib.KVM_SET_VCPU_EVENTS, "VCPU_EVENTS"),
-        }
-        if part == "xsave":
-            get_name = "KVM_GET_XSAVE2" if self._xsave_get == lib.KVM_GET_XSAVE2 else "KVM_GET_XSAVE"
-            return self._xsave, self._xsave_size, self._xsave_get, lib.KVM_SET_XSAVE, get_name
-        buf, get, put, name = table[part]
-        return buf, ffi.sizeof(buf[0]), get, put, f"KVM_GET_{name}"
+        """(buffer, size, get request, set request, get ioctl name) of a fixed-size state part."""
+        table = self._blob_table
+        if not table:
+            get_xsave = "KVM_GET_XSAVE2" if self._xsave_get == lib.KVM_GET_XSAVE2 else "KVM_GET_XSAVE"
+            for name, buf, get, put, op in (
+                ("regs", self._regs, lib.KVM_GET_REGS, lib.KVM_SET_REGS, "KVM_GET_REGS"),
+                ("sregs", self._sregs, lib.KVM_GET_SREGS, lib.KVM_SET_SREGS, "KVM_GET_SREGS"),
+                ("xcrs", self._xcrs, lib.KVM_GET_XCRS, lib.KVM_SET_XCRS, "KVM_GET_XCRS"),
+                ("debugregs", self._debugregs, lib.KVM_GET_DEBUGREGS, lib.KVM_SET_DEBUGREGS, "KVM_GET_DEBUGREGS"),
+                ("lapic", self._lapic, lib.KVM_GET_LAPIC, lib.KVM_SET_LAPIC, "KVM_GET_LAPIC"),
+                ("vcpu_events", self._events, lib.KVM_GET_VCPU_EVENTS, lib.KVM_SET_VCPU_EVENTS, "KVM_GET_VCPU_EVENTS"),
+            ):
+                table[name] = (buf, ffi.sizeof(buf[0]), get, put, op)
+            table["xsave"] = (self._xsave, self._xsave_size, self._xsave_get, lib.KVM_SET_XSAVE, get_xsave)
+        return table[part]
 
     def get_step(self, part: str) -> Step:
         """The ioctl that reads `part` into this vCPU's buffer (read it with part_value after the batch ran)."""
