@@ -4,9 +4,9 @@ HOTSWAP_FAULT="SIDE@GEN:STEP:ACTION[,...]" where SIDE is `sender`, `successor` o
 an exec-mode upgrade, step `takeover`), GEN the generation of the VMM doing the step (the sender's own generation;
 the generation the successor is becoming), STEP a step name below, and ACTION one of kill (SIGKILL itself), exit
 (exit status 1), hang (stop answering), raise (an exception at that point, as a bug would). Sender-only data
-actions, step `state`: corrupt (flip a byte of the STATE container), badversion (send a state container of an
-unknown format version), truncate (send half the container). The variable is inherited by successors; the
-generation keeps a fault to one upgrade."""
+actions, step `state` (the STATE container) or `vcpus` (the STATE_VCPUS container): corrupt (flip a byte),
+badversion (a container of an unknown format version), truncate (send half the container). The variable is
+inherited by successors; the generation keeps a fault to one upgrade."""
 
 from __future__ import annotations
 
@@ -17,13 +17,14 @@ import time
 from hotswap import log
 
 ENV = "HOTSWAP_FAULT"
-# The steps of this build's protocol (3). A successor serving an older VMM (protocols 1-2) also has
-# "after_restored" and "after_commit" on its RESTORED/COMMIT path.
+# The steps of this build's protocol (4). A successor serving an older VMM has no "after_vcpus" (protocol 3 and
+# older), and "after_restored" and "after_commit" on the RESTORED/COMMIT path of protocols 1-2.
 SENDER_STEPS = (
     "after_hello",
     "after_config",
     "after_ready",
     "after_pause",
+    "after_vcpus",
     "after_state",
     "after_resumed",
 )
@@ -31,6 +32,7 @@ SUCCESSOR_STEPS = (
     "after_hello",
     "after_config",
     "after_ready",
+    "after_vcpus",
     "after_state",
     "after_restore",
     "after_take",
@@ -88,12 +90,13 @@ def fault_point(side: str, generation: int, step: str) -> None:
         raise RuntimeError(f"fault injected at {side} {step}")
 
 
-def mangle_state(blob: bytes, generation: int) -> bytes:
-    """Apply a data fault to the STATE container (sender side), if one is configured."""
+def mangle_state(blob: bytes, generation: int, part: str = "state") -> bytes:
+    """Apply a data fault to the STATE (`part` "state") or STATE_VCPUS ("vcpus") container (sender side), if one
+    is configured."""
     faults = _faults("sender", generation)
-    action = faults.get("state")
+    action = faults.get(part)
     if action is not None:
-        consume("sender", generation, "state")
+        consume("sender", generation, part)
     if action == "corrupt":
         middle = len(blob) // 2
         return blob[:middle] + bytes([blob[middle] ^ 0xFF]) + blob[middle + 1 :]

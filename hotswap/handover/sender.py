@@ -1,13 +1,19 @@
-"""The old VMM's side of a live upgrade (DESIGN.md "Same-host handover"), protocol 3.
+"""The old VMM's side of a live upgrade (DESIGN.md "Same-host handover"), protocol 4.
 
     old VMM                                   successor (`hotswap _successor --fd N`)
       spawn ------------------------------->  starts Python, imports
       <------------------------------- HELLO  versions it speaks
       CONFIG + fds + ownership token ------>  builds VM, memslots, vCPUs, devices (guest still running here)
       <------------------------------- READY
-      pause vCPUs, quiesce devices, capture
-      STATE ------------------------------->  restore vCPUs, VM, devices; take the token; resume vCPUs
+      pause vCPUs, quiesce devices, capture vCPUs
+      STATE_VCPUS ------------------------->  restore vCPUs (while the old VMM captures the rest)
+      capture VM, devices
+      STATE ------------------------------->  restore VM, devices; take the token; resume vCPUs
       <----------------------------- RESUMED  its timings
+
+The phases of the report overlap in protocol 4: "capture" ends when STATE is ready, "transfer" ends when the
+successor has it, "restore" is what remained to restore then (the vCPUs were restored meanwhile; the successor's
+"restore_detail_us" has their times).
       reply to the user, exit 0
 
 Whoever takes the ownership token (handover/ownership.py) runs the guest. On any failure (ERROR, a timeout, the
@@ -34,7 +40,7 @@ from hotswap.handover.ownership import OwnershipToken
 from hotswap.handover.session import TrackedChannel
 from hotswap.machine import priority
 from hotswap.machine.machine import RunState
-from hotswap.state import FORMATS, decode, encode, pack
+from hotswap.state import FORMATS, decode, encode, pack_part
 from hotswap.wire.channel import Channel
 from hotswap.wire.errors import RemoteError, WireError
 from hotswap.wire.hello import Hello, negotiate
@@ -42,6 +48,7 @@ from hotswap.wire.messages import PROTOCOL_VERSION, ErrorCode, MessageType
 from hotswap.wire.sender import Sender
 
 if TYPE_CHECKING:
+    from hotswap.machine.machine import Machine
     from hotswap.vmm import Vmm
 
 RESUME_TIMEOUT = 5.0  # seconds the paused guest waits for the successor to restore its state and resume it
@@ -49,6 +56,11 @@ RESUME_TIMEOUT = 5.0  # seconds the paused guest waits for the successor to rest
 
 def now_ns() -> int:
     return time.clock_gettime_ns(time.CLOCK_MONOTONIC)
+
+
+def pinned(machine: Machine) -> bool:
+    """The VMM runs apart from its vCPUs (--vcpu-cpus): its own CPUs can take idle-priority helpers."""
+    return bool(machine.config.vcpu_cpus)
 
 
 def successor_command(executable: str | None) -> list[str]:
@@ -87,7 +99,7 @@ def hand_over(vmm: Vmm, action: Upgrade) -> dict[str, Any]:
         raise UpgradeError(f"cannot start the successor {' '.join(command)}: {exc.strerror or exc}") from None
     theirs.close()
     # Its start-up and preparation are the upgrade's bulk of CPU time, none of it urgent: the guest goes first.
-    priority.background_process(process.pid)
+    priority.background_process(process.pid, idle=pinned(machine))
     consume("successor", generation + 1)  # that successor has its faults; a retry's successor runs clean
     channel = Channel(ours, peer=f"successor (pid {process.pid})")
     session = _Session(vmm, channel, process, logger)
@@ -163,7 +175,11 @@ class _Session:
             fault_point("sender", generation, "after_pause")
             machine.devices.quiesce()
             quiesced = now_ns()
-            blob = pack(machine.capture_state(console_since=console_mark))
+            # The vCPUs first, in a message of their own: the successor restores them while we capture the rest.
+            vcpus = pack_part({"vcpus": list(machine.capture_vcpus())})
+            wire.send(MessageType.STATE_VCPUS, mangle_state(vcpus, generation, "vcpus"))
+            fault_point("sender", generation, "after_vcpus")
+            blob = pack_part(machine.capture_platform(console_since=console_mark))
             captured = now_ns()
             wire.send(MessageType.STATE, mangle_state(blob, generation))
             fault_point("sender", generation, "after_state")
@@ -182,7 +198,18 @@ class _Session:
         self._handed_over()
         fault_point("sender", generation, "after_resumed")
         result = _result(
-            self, hello, started, hello_at, ready, ready_at, pause_requested, window, quiesced, captured, blob, resumed
+            self,
+            hello,
+            started,
+            hello_at,
+            ready,
+            ready_at,
+            pause_requested,
+            window,
+            quiesced,
+            captured,
+            len(vcpus) + len(blob),
+            resumed,
         )
         self.log.info("upgrade.done", **{k: v for k, v in result.items() if not isinstance(v, dict)})
         return result
@@ -190,7 +217,8 @@ class _Session:
     def _handed_over(self) -> None:
         """The successor owns the guest: stop our threads without touching it, and never resume it here."""
         self.unboost()
-        priority.background_all_threads()  # what is left here (stopping threads, replying, exiting) can wait
+        # What is left here (stopping threads, replying, exiting) can wait.
+        priority.background_all_threads(idle=pinned(self.machine))
         self.machine.abandon()
         self.vmm.mark_handed_over()
         self.ownership.close()
@@ -243,7 +271,7 @@ def _result(
     window: Any,
     quiesced: int,
     captured: int,
-    blob: bytes,
+    state_bytes: int,
     resumed: Any,
 ) -> dict[str, Any]:
     def us(a: int, b: int) -> int:
@@ -262,7 +290,7 @@ def _result(
         "generation": session.machine.generation + 1,
         "mode": "transfer",
         "downtime_us": us(window.first_paused_ns, resumed_at),
-        "state_bytes": len(blob),
+        "state_bytes": state_bytes,
         "guest_memory_copied_bytes": 0,  # memfds are shared, never copied
         "phases_us": {
             "successor_start": us(started, hello_at),

@@ -1,8 +1,9 @@
 """The successor's side of a live upgrade: `hotswap _successor --fd N`, started by the old VMM.
 
 Receiver states (anything out of order is a protocol error that aborts without touching the guest):
-  STARTED -> HELLO sent -> CONFIGURED (VM built from CONFIG + fds) -> READY sent -> STATE received, restored ->
-  protocol 3: take the ownership token (handover/ownership.py), resume, RESUMED sent. Without the token (the old VMM
+  STARTED -> HELLO sent -> CONFIGURED (VM built from CONFIG + fds) -> READY sent -> [protocol 4: STATE_VCPUS
+  received, vCPUs restored ->] STATE received, restored ->
+  protocols 3-4: take the ownership token (handover/ownership.py), resume, RESUMED sent. Without the token (the old VMM
   took it back) the guest's vCPUs never run here. An old VMM that died after STATE left the token, so this process
   takes over by taking it.
   protocols 1-2 (older VMMs): RESTORED sent -> COMMIT received -> resume -> RESUMED sent. Until COMMIT the guest's
@@ -27,17 +28,22 @@ from hotswap.handover.layout import HandoverFds, virtio_fds_for
 from hotswap.handover.ownership import OwnershipToken
 from hotswap.handover.session import TrackedChannel
 from hotswap.machine import priority
+from hotswap.machine.affinity import pin_this_thread
 from hotswap.machine.machine import Machine
 from hotswap.machine.virtio import virtio_specs
 from hotswap.state import (
+    FORMATS,
     StateError,
     StateSchemaError,
+    Unpacked,
     UnsupportedVersionError,
     check_fields,
     decode,
     encode,
     get_field,
+    join_parts,
     unpack,
+    unpack_part,
 )
 from hotswap.vmm import Vmm
 from hotswap.wire.channel import Channel
@@ -58,6 +64,7 @@ CONFIG_FIELDS = {
     1: frozenset({"config", "generation", "booted_at_ns", "memory", "fds"}),
     2: _CONFIG_V2,
     3: _CONFIG_V2,  # the same fields; the fds include the ownership token
+    4: _CONFIG_V2,
 }
 
 
@@ -66,7 +73,7 @@ def config_message_fields(message: object) -> dict[str, Any]:
     no console history travels ahead of the state, and its disk and tap fd counts are the virtio count."""
     protocol = message.get("protocol", 1) if isinstance(message, dict) else 1
     if protocol not in CONFIG_FIELDS:
-        raise StateSchemaError(f"CONFIG of protocol {protocol!r}: this build reads protocols 1, 2 and 3")
+        raise StateSchemaError(f"CONFIG of protocol {protocol!r}: this build reads protocols {sorted(CONFIG_FIELDS)}")
     fields = check_fields(message, CONFIG_FIELDS[protocol], path="CONFIG")
     if protocol == 1:
         counts = dict(get_field(fields, "fds", dict, "CONFIG"))
@@ -132,8 +139,17 @@ class _Successor:
             if not priority.foreground_all_threads():  # we started at background priority (sender.py)
                 self.log.warning("handover.priority", reason="threads could not be moved back to nice 0")
             priority.boost()  # from here to RESUMED we are on the window's critical path (priority.py)
+            self._window_placement()
             wire.send(MessageType.READY, encode(prepare))
             fault_point("successor", self.generation, "after_ready")
+            vcpus_part = None
+            if self.receiver.protocol >= 4:
+                vcpus_message = wire.recv(self.step_timeout)
+                # From here the old VMM's guest is paused, waiting for us; it captures the rest meanwhile.
+                vcpus_part = self._restore_vcpus_early(vcpus_message.payload)
+                if vcpus_part is None:
+                    return exitcodes.ERROR
+                fault_point("successor", self.generation, "after_vcpus")
             state_message = wire.recv(self.step_timeout)
             state_received = now_ns()
         except ProtocolError as exc:
@@ -148,23 +164,61 @@ class _Successor:
         fault_point("successor", self.generation, "after_state")
         assert self.machine is not None
         try:
-            tree = unpack(state_message.payload).tree
-            self.restore_detail = {"unpack_us": (now_ns() - state_received) // 1000}
-            self.restore_detail.update(self.machine.restore_state(tree, console_prefix=self.console_history))
-        except UnsupportedVersionError as exc:
-            self._refuse(ErrorCode.VERSION_MISMATCH, f"state rejected: {exc}")
-            return exitcodes.ERROR
-        except StateError as exc:
-            self._refuse(ErrorCode.BAD_STATE, f"state rejected: {exc}")
-            return exitcodes.ERROR
+            history = self.console_history
+            if vcpus_part is None:
+                tree = unpack(state_message.payload).tree
+                self.restore_detail["unpack_us"] = (now_ns() - state_received) // 1000
+                self.restore_detail.update(self.machine.restore_state(tree, console_prefix=history))
+            else:
+                unpacked, early = vcpus_part
+                tree = join_parts([unpacked, unpack_part(state_message.payload)]).tree
+                self.restore_detail["unpack_us"] = (now_ns() - state_received) // 1000
+                restore = self.machine.restore_platform if early else self.machine.restore_state
+                self.restore_detail.update(restore(tree, console_prefix=history))
         except Exception as exc:
-            self._refuse(ErrorCode.RESTORE_FAILED, f"restore failed: {exc}")
+            self._refuse_state(exc)
             return exitcodes.ERROR
         restored = now_ns()
         fault_point("successor", self.generation, "after_restore")
         if self.ownership is not None:
             return self._take_ownership(state_received, restored)
         return self._wait_for_commit(state_received, restored)
+
+    def _restore_vcpus_early(self, payload: bytes) -> tuple[Unpacked, bool] | None:
+        """Protocol 4's STATE_VCPUS: restore the vCPUs now, while the old VMM captures the rest. Returns the opened
+        part and whether its vCPUs are restored (a part of an older format waits for STATE, to be upgraded
+        whole), or None when it was refused."""
+        assert self.machine is not None
+        started = now_ns()
+        try:
+            part = unpack_part(payload)
+            if set(part.tree) != {"vcpus"}:
+                raise StateSchemaError(f"STATE_VCPUS holds {sorted(part.tree)}, expected ['vcpus']")
+            if part.version != FORMATS.current:
+                return part, False
+            self.restore_detail["vcpus_unpack_us"] = (now_ns() - started) // 1000
+            self.restore_detail.update(self.machine.restore_vcpus(part.tree["vcpus"]))
+        except Exception as exc:
+            self._refuse_state(exc)
+            return None
+        return part, True
+
+    def _refuse_state(self, exc: Exception) -> None:
+        """Tell the old VMM why its state was not taken (it then resumes the guest itself)."""
+        if isinstance(exc, UnsupportedVersionError):
+            self._refuse(ErrorCode.VERSION_MISMATCH, f"state rejected: {exc}")
+        elif isinstance(exc, StateError):
+            self._refuse(ErrorCode.BAD_STATE, f"state rejected: {exc}")
+        else:
+            self._refuse(ErrorCode.RESTORE_FAILED, f"restore failed: {exc}")
+
+    def _window_placement(self) -> None:
+        """With pinned vCPUs, this thread may also use their CPUs until it resumes them: they idle during the
+        pause, and the restore then runs beside the old VMM's capture instead of after it (protocol 4)."""
+        assert self.machine is not None
+        config = self.machine.config
+        if config.vcpu_cpus:
+            pin_this_thread(tuple(sorted(set(config.vmm_cpus) | set(config.vcpu_cpus))), "successor window")
 
     def _take_ownership(self, state_received: int, restored: int) -> int:
         """Protocol 3: the guest is ours if we take the token before the old VMM takes it back."""
@@ -247,6 +301,7 @@ class _Successor:
     def _take_over(self, state_received: int, restored: int, committed: int, confirm: bool) -> int:
         """The guest is ours (token taken, or COMMIT received, or the old VMM is dead): run it."""
         assert self.machine is not None and self.vmm is not None
+        pin_this_thread(self.machine.config.vmm_cpus, "vmm")  # off the vCPUs' CPUs before they run (_window_placement)
         resumed = self.machine.resume()
         self.machine.devices.resume()
         gc.enable()

@@ -113,12 +113,17 @@ def move_kvm_workers(cpus: CpuSet) -> None:
             pass  # gone meanwhile, or a task that cannot be moved: it stays where KVM put it
 
 
-def follow_process(pid: int, base: frozenset[int]) -> None:
+def follow_process(pid: int, base: frozenset[int]) -> bool:
     """Run the calling process on the CPUs VMM `pid`'s main thread may use, within `base` (the CPUs the caller
     started with): a `hotswap upgrade` then runs on the VMM's `--vmm-cpus`, away from its guest's vCPUs. When the
-    two share no CPU, or the VMM may use all of `base`, the caller runs on `base`."""
+    two share no CPU, or the VMM may use all of `base`, the caller runs on `base`. True if it was narrowed."""
     try:
         theirs = os.sched_getaffinity(pid)
     except OSError:
         theirs = set(base)
-    os.sched_setaffinity(0, (base & theirs) or base)
+    narrowed = base & theirs
+    if not narrowed or narrowed == base:
+        os.sched_setaffinity(0, base)
+        return False
+    os.sched_setaffinity(0, narrowed)
+    return True

@@ -280,16 +280,21 @@ class Machine:
 
     def capture_state(self, console_since: int | None = None) -> dict[str, Any]:
         """The state tree of the paused guest (DESIGN.md "State"); `console_since`: see DeviceSet.save."""
-        vcpus = [vcpu_state.capture(t.vcpu).to_dict() for t in self.vcpu_threads]
-        vm = vm_state.capture(self.platform.vm).to_dict()
+        return {"vcpus": self.capture_vcpus(), **self.capture_platform(console_since)}
+
+    def capture_vcpus(self) -> list[dict[str, Any]]:
+        """The tree's "vcpus" (read first: a handover sends them ahead of the rest)."""
+        return [vcpu_state.capture(t.vcpu).to_dict() for t in self.vcpu_threads]
+
+    def capture_platform(self, console_since: int | None = None) -> dict[str, Any]:
+        """The rest of the tree: "machine", "vm" and "devices"."""
         return {
             "machine": {
                 "config": self._config_dict,
                 "generation": self.generation,
                 "booted_at_ns": self.booted_at_ns,
             },
-            "vm": vm,
-            "vcpus": vcpus,
+            "vm": vm_state.capture(self.platform.vm).to_dict(),
             "devices": self.devices.save(console_since),
         }
 
@@ -299,30 +304,63 @@ class Machine:
         Everything is parsed and checked before the first ioctl, so a malformed tree changes nothing.
         Returns how long each part took (us), for the upgrade report."""
         started = time.perf_counter_ns()
-        config, _generation, _booted = machine_info_from_tree(tree["machine"])
-        if config != self._config_dict:
-            raise HotswapError("the state belongs to a machine with another configuration")
-        saved_vcpus = tree["vcpus"]
-        if len(saved_vcpus) != len(self.vcpu_threads):
-            raise HotswapError(f"state has {len(saved_vcpus)} vCPUs, this machine {len(self.vcpu_threads)}")
-        vcpus = [vcpu_state_from_tree(saved, index) for index, saved in enumerate(saved_vcpus)]
+        self._check_machine(tree["machine"])
+        vcpus = self._parse_vcpus(tree["vcpus"])
         vm = vm_state_from_tree(tree["vm"])
         parsed = time.perf_counter_ns()
-        for thread, saved in zip(self.vcpu_threads, vcpus, strict=True):
-            vcpu_state.restore(thread.vcpu, saved)
+        self._restore_vcpus(vcpus)
         vcpus_done = time.perf_counter_ns()
-        vm_state.restore(self.platform.vm, vm)
-        vm_done = time.perf_counter_ns()
-        self.devices.restore(tree["devices"], console_prefix)
-        for thread in self.vcpu_threads:
-            thread.vcpu.kvmclock_ctrl()
-        done = time.perf_counter_ns()
         return {
             "parse_us": (parsed - started) // 1000,
             "vcpus_us": (vcpus_done - parsed) // 1000,
-            "vm_us": (vm_done - vcpus_done) // 1000,
-            "devices_us": (done - vm_done) // 1000,
+            **self._restore_vm_and_devices(vm, tree["devices"], console_prefix),
         }
+
+    def restore_vcpus(self, saved: object) -> dict[str, int]:
+        """Load the tree's "vcpus" alone, ahead of the rest (a protocol-4 handover): parse, check, restore."""
+        started = time.perf_counter_ns()
+        vcpus = self._parse_vcpus(saved)
+        parsed = time.perf_counter_ns()
+        self._restore_vcpus(vcpus)
+        return {"vcpus_parse_us": (parsed - started) // 1000, "vcpus_us": (time.perf_counter_ns() - parsed) // 1000}
+
+    def restore_platform(self, tree: dict[str, Any], console_prefix: bytes = b"") -> dict[str, int]:
+        """Load "machine", "vm" and "devices", after restore_vcpus did the vCPUs."""
+        started = time.perf_counter_ns()
+        self._check_machine(tree["machine"])
+        vm = vm_state_from_tree(tree["vm"])
+        parsed = time.perf_counter_ns()
+        return {
+            "parse_us": (parsed - started) // 1000,
+            **self._restore_vm_and_devices(vm, tree["devices"], console_prefix),
+        }
+
+    def _check_machine(self, machine: object) -> None:
+        config, _generation, _booted = machine_info_from_tree(machine)
+        if config != self._config_dict:
+            raise HotswapError("the state belongs to a machine with another configuration")
+
+    def _parse_vcpus(self, saved: object) -> list[vcpu_state.VcpuState]:
+        if not isinstance(saved, list):
+            raise HotswapError(f"state 'vcpus' is a {type(saved).__name__}, not a list")
+        if len(saved) != len(self.vcpu_threads):
+            raise HotswapError(f"state has {len(saved)} vCPUs, this machine {len(self.vcpu_threads)}")
+        return [vcpu_state_from_tree(entry, index) for index, entry in enumerate(saved)]
+
+    def _restore_vcpus(self, vcpus: list[vcpu_state.VcpuState]) -> None:
+        for thread, saved in zip(self.vcpu_threads, vcpus, strict=True):
+            vcpu_state.restore(thread.vcpu, saved)
+
+    def _restore_vm_and_devices(
+        self, vm: vm_state.VmState, devices: dict[str, Any], console_prefix: bytes
+    ) -> dict[str, int]:
+        started = time.perf_counter_ns()
+        vm_state.restore(self.platform.vm, vm)
+        vm_done = time.perf_counter_ns()
+        self.devices.restore(devices, console_prefix)
+        for thread in self.vcpu_threads:
+            thread.vcpu.kvmclock_ctrl()
+        return {"vm_us": (vm_done - started) // 1000, "devices_us": (time.perf_counter_ns() - vm_done) // 1000}
 
 
 def _drain(fd: int) -> None:

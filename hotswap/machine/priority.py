@@ -36,9 +36,14 @@ def unboost() -> None:
 
 
 # -- background priority for an upgrade's own work ---------------------------------------------------------------
-# The successor's start-up and preparation (~0.3 s of CPU) and the old VMM's exit are work the guest should never
-# wait for. They run at this nice value; the successor's threads go back to 0 before READY (its vCPU threads, which
-# inherit the value from the thread that creates them, never run guest code at it).
+# The successor's start-up and preparation (~0.3 s of CPU), the old VMM's exit and the upgrade command are work the
+# guest should never wait for. What "wait" means here: a VMM thread that holds the GIL and is preempted on its CPU
+# stalls every vCPU exit behind it (ftrace: 3 ms stalls while the successor started on the VMM's CPU at nice 10,
+# because the scheduler lets a running task finish its slice). On a VMM pinned away from its vCPUs (--vcpu-cpus),
+# these helpers run SCHED_IDLE: any VMM thread that wakes takes their CPU at once, and the VMM's CPUs have little
+# else to do. Unpinned, the guest's own vCPUs may keep every CPU busy, so SCHED_IDLE could stall the upgrade for
+# minutes: the helpers run at nice 10 instead. A successor's threads go back to SCHED_OTHER, nice 0, before READY
+# (its vCPU threads, which inherit the policy of the thread that creates them, never run guest code in it).
 BACKGROUND_NICE = 10
 
 
@@ -47,37 +52,49 @@ def _enabled() -> bool:
 
 
 def can_restore_priority() -> bool:
-    """Whether this process may move a thread back from BACKGROUND_NICE to 0 (needs root or RLIMIT_NICE >= 20)."""
+    """Whether this process may move a thread back to normal priority (needs root or RLIMIT_NICE >= 20)."""
     return os.geteuid() == 0 or resource.getrlimit(resource.RLIMIT_NICE)[0] >= 20
 
 
-def background_process(pid: int) -> bool:
-    """Lower process `pid`'s main thread (and so the threads it starts) to BACKGROUND_NICE."""
-    if not (_enabled() and can_restore_priority()):
-        return False
+def _background(tid: int, idle: bool) -> bool:
     try:
-        os.setpriority(os.PRIO_PROCESS, pid, BACKGROUND_NICE)
+        if idle:
+            os.sched_setscheduler(tid, os.SCHED_IDLE, os.sched_param(0))
+        else:
+            os.setpriority(os.PRIO_PROCESS, tid, BACKGROUND_NICE)
     except OSError:
         return False
     return True
 
 
-def _set_all_threads(nice: int) -> bool:
-    ok = True
-    for tid in os.listdir("/proc/self/task"):
-        try:
-            os.setpriority(os.PRIO_PROCESS, int(tid), nice)
-        except OSError:
-            ok = ok and not os.path.exists(f"/proc/self/task/{tid}")  # a thread that just ended is fine
-    return ok
+def background_process(pid: int, idle: bool) -> bool:
+    """Move process `pid`'s main thread (and so the threads it starts) to the background: SCHED_IDLE if `idle`,
+    else BACKGROUND_NICE. Only when it can come back (can_restore_priority)."""
+    if not (_enabled() and can_restore_priority()):
+        return False
+    return _background(pid, idle)
 
 
-def background_all_threads() -> None:
-    """Every thread of this process to BACKGROUND_NICE (an old VMM after it handed its guest over)."""
+def _tids() -> list[int]:
+    return [int(tid) for tid in os.listdir("/proc/self/task")]
+
+
+def background_all_threads(idle: bool) -> None:
+    """Every thread of this process to the background (an old VMM after it handed its guest over; the upgrade
+    command once it knows its VMM is pinned)."""
     if _enabled():
-        _set_all_threads(BACKGROUND_NICE)
+        for tid in _tids():
+            _background(tid, idle)
 
 
 def foreground_all_threads() -> bool:
-    """Every thread of this process back to nice 0; False if some could not be moved."""
-    return _set_all_threads(0)
+    """Every thread of this process back to SCHED_OTHER, nice 0; False if some could not be moved."""
+    ok = True
+    for tid in _tids():
+        try:
+            if os.sched_getscheduler(tid) == os.SCHED_IDLE:
+                os.sched_setscheduler(tid, os.SCHED_OTHER, os.sched_param(0))
+            os.setpriority(os.PRIO_PROCESS, tid, 0)
+        except OSError:
+            ok = ok and not os.path.exists(f"/proc/self/task/{tid}")  # a thread that just ended is fine
+    return ok

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from hotswap.state import upgrades  # noqa: F401 - registers the N-1 -> N upgrade with FORMATS
 from hotswap.state.codec import MAX_DEPTH, decode, encode
-from hotswap.state.container import HEADER_SIZE, MAGIC, Unpacked, pack, unpack
+from hotswap.state.container import HEADER_SIZE, MAGIC, Unpacked, join_parts, pack, pack_part, unpack, unpack_part
 from hotswap.state.errors import (
     BadChecksumError,
     BadMagicError,
@@ -64,9 +64,12 @@ __all__ = [
     "field_path",
     "get_field",
     "index_path",
+    "join_parts",
     "load_file",
     "pack",
+    "pack_part",
     "save_file",
     "unpack",
+    "unpack_part",
     "validate_tree",
 ]

@@ -55,6 +55,32 @@ def pack(tree: StateDict, version: int | None = None, *, formats: FormatRegistry
         raise UnsupportedVersionError(version, formats.readable)
     if version == formats.current:
         validate_tree(tree)
+    return _seal(tree, version)
+
+
+def pack_part(part: StateDict, *, formats: FormatRegistry = FORMATS) -> bytes:
+    """A container of the current format holding some of a tree's top-level fields (a handover sends the vCPUs
+    and the rest in two). The whole is checked where the parts are joined: join_parts."""
+    return _seal(part, formats.current)
+
+
+def join_parts(parts: list[Unpacked], *, formats: FormatRegistry = FORMATS) -> Unpacked:
+    """One tree from parts opened with unpack_part (all of one format, no field in two), upgraded to the current
+    format and checked as unpack would."""
+    versions = {part.version for part in parts}
+    if len(versions) != 1:
+        raise StateSchemaError(f"the state's parts are of different formats: {sorted(versions)}")
+    tree: StateDict = {}
+    for part in parts:
+        twice = set(tree) & set(part.tree)
+        if twice:
+            raise StateSchemaError(f"the state's parts both hold {', '.join(sorted(twice))}")
+        tree.update(part.tree)
+    version = versions.pop()
+    return Unpacked(version, validate_tree(formats.upgrade(tree, version)))
+
+
+def _seal(tree: StateDict, version: int) -> bytes:
     payload = encode(tree)
     header = _HEADER.pack(MAGIC, version, 0, len(payload))
     checksum = zlib.crc32(payload, zlib.crc32(header))
@@ -63,6 +89,13 @@ def pack(tree: StateDict, version: int | None = None, *, formats: FormatRegistry
 
 def unpack(blob: bytes | bytearray | memoryview, *, formats: FormatRegistry = FORMATS) -> Unpacked:
     """Check and decode a container; returns the version it was written in and the tree in the current format."""
+    opened = unpack_part(blob, formats=formats)
+    return Unpacked(opened.version, validate_tree(formats.upgrade(opened.tree, opened.version)))
+
+
+def unpack_part(blob: bytes | bytearray | memoryview, *, formats: FormatRegistry = FORMATS) -> Unpacked:
+    """Check and decode a container (magic, length, checksum, a readable format) without upgrading or checking
+    its tree: a part of one (pack_part), or the first step of unpack."""
     data = memoryview(blob).cast("B")
     if len(data) < len(MAGIC) or data[: len(MAGIC)] != MAGIC:
         found = bytes(data[: len(MAGIC)])
@@ -86,4 +119,4 @@ def unpack(blob: bytes | bytearray | memoryview, *, formats: FormatRegistry = FO
     tree = decode(data[HEADER_SIZE : HEADER_SIZE + length])
     if not isinstance(tree, dict):
         raise StateSchemaError(f"the state tree has type {type(tree).__name__}, expected dict")
-    return Unpacked(version, validate_tree(formats.upgrade(tree, version)))
+    return Unpacked(version, tree)

@@ -23,9 +23,11 @@ from enum import IntEnum
 # protocol 1 had "disks" and "taps".
 # Protocol 3: CONFIG carries an ownership token (an eventfd, hotswap/handover/ownership.py); after STATE the
 # successor takes it and resumes the guest at once, then sends RESUMED: no RESTORED/COMMIT round trip in the pause.
-# A successor also accepts protocols 1 and 2 from an old VMM (and then waits for COMMIT as they expect).
-PROTOCOL_VERSION = 3
-SUPPORTED_PROTOCOL_VERSIONS = (1, 2, PROTOCOL_VERSION)  # a successor reads every protocol an upgradable build sent
+# Protocol 4: the paused guest's state goes in two messages, STATE_VCPUS (the vCPUs, captured first) then STATE (VM,
+# devices, machine): the successor restores the vCPUs while the old VMM still captures the rest.
+# A successor also accepts protocols 1 and 2 from an old VMM (and then waits for COMMIT as they expect), and 3.
+PROTOCOL_VERSION = 4
+SUPPORTED_PROTOCOL_VERSIONS = (1, 2, 3, PROTOCOL_VERSION)  # a successor reads every protocol an upgradable build sent
 
 MAGIC = b"HS"
 KNOWN_FLAGS = 0x0000
@@ -39,12 +41,13 @@ class MessageType(IntEnum):
     HELLO = 1  # successor -> old: versions it speaks, its pid
     CONFIG = 2  # old -> successor: machine config (codec dict) + fds
     READY = 3  # successor -> old: VM built, waiting for state
-    STATE = 4  # old -> successor: state container (hotswap.state.pack)
+    STATE = 4  # old -> successor: state container (hotswap.state.pack); protocol 4: all but the vCPUs
     RESTORED = 5  # protocols 1-2, successor -> old: state restored, waiting for COMMIT
     COMMIT = 6  # protocols 1-2, old -> successor: the guest is yours; the old VMM never runs it again
     RESUMED = 7  # successor -> old: it owns the guest and its vCPUs run (payload: codec dict of timings)
     ERROR = 8  # either way: ErrorCode + message
     ABORT = 9  # either way, before the commit point: give the operation up (ErrorCode + reason)
+    STATE_VCPUS = 10  # protocol 4, old -> successor, before STATE: state container of the vCPUs alone
     # Cross-host migration: reserved, not implemented yet. 0x80..0xFF are for migration.
     MEMORY_PAGES = 0x80  # a run of guest pages (pre-copy or post-copy push)
     DIRTY_ROUND = 0x81  # start / end of a pre-copy round of dirty pages

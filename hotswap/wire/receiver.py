@@ -1,15 +1,18 @@
 """The successor's side of a handover, as an explicit state machine.
 
-Protocol 3 (this build's old VMMs):
+Protocol 4 (this build's old VMMs):
 
     successor                         old VMM
     STARTED      --- HELLO ------->
     HELLO_SENT   <-- CONFIG + fds ---    (the fds include the ownership token)
     CONFIGURED   --- READY ------->      (VM, memslots, vCPUs, devices built before any pause)
-    READY_SENT   <-- STATE ----------    (old VMM has paused the guest)
+    READY_SENT   <-- STATE_VCPUS ----    (old VMM has paused the guest; restore the vCPUs meanwhile)
+    VCPUS_RECEIVED <-- STATE --------    (VM, devices, machine)
     STATE_RECEIVED                       restore, take the token, resume the guest
                  --- RESUMED ----->
     RESUMED
+
+Protocol 3 is the same with the whole state in STATE (no STATE_VCPUS).
 
 Protocols 1 and 2 (older VMMs handing over to this build) put a round trip before the resume instead of the token:
 
@@ -36,6 +39,7 @@ class ReceiverState(Enum):
     HELLO_SENT = "hello-sent"
     CONFIGURED = "configured"
     READY_SENT = "ready-sent"
+    VCPUS_RECEIVED = "vcpus-received"  # protocol 4
     STATE_RECEIVED = "state-received"
     RESTORED_SENT = "restored-sent"  # protocols 1-2
     COMMITTED = "committed"  # protocols 1-2
@@ -51,6 +55,11 @@ _COMMON = {
     _R.READY_SENT: Step(MessageType.STATE, False, _R.STATE_RECEIVED),
 }
 _TOKEN_STEPS = {**_COMMON, _R.STATE_RECEIVED: Step(MessageType.RESUMED, True, _R.RESUMED)}
+_SPLIT_STEPS = {
+    **_TOKEN_STEPS,
+    _R.READY_SENT: Step(MessageType.STATE_VCPUS, False, _R.VCPUS_RECEIVED),
+    _R.VCPUS_RECEIVED: Step(MessageType.STATE, False, _R.STATE_RECEIVED),
+}
 _COMMIT_STEPS = {
     **_COMMON,
     _R.STATE_RECEIVED: Step(MessageType.RESTORED, True, _R.RESTORED_SENT),
@@ -73,7 +82,9 @@ class Receiver(HandoverStateMachine[ReceiverState]):
             raise ProtocolError(f"{self.role}: protocol {protocol} is not one of {SUPPORTED_PROTOCOL_VERSIONS}")
         if self.state not in (_R.STARTED, _R.HELLO_SENT, _R.CONFIGURED):
             raise ProtocolError(f"{self.role}: cannot change the protocol in state {self.state.name}")
-        if protocol >= 3:
+        if protocol >= 4:
+            self._use(_SPLIT_STEPS, committed=_R.RESUMED)
+        elif protocol == 3:
             self._use(_TOKEN_STEPS, committed=_R.RESUMED)
         else:
             self._use(_COMMIT_STEPS, committed=_R.COMMITTED)

@@ -1,10 +1,11 @@
 """The old VMM's side of a handover, as an explicit state machine (the mirror of receiver.py).
 
-    STARTED -> HELLO_RECEIVED -> CONFIG_SENT -> READY_RECEIVED -> STATE_SENT -> RESUMED (RESUMED received)
+    STARTED -> HELLO_RECEIVED -> CONFIG_SENT -> READY_RECEIVED -> VCPUS_SENT -> STATE_SENT -> RESUMED (received)
 
-This build sends protocol 3 only. After STATE the guest belongs to whoever takes the ownership token first
-(hotswap/handover/ownership.py): the successor, which then resumes it and sends RESUMED, or the old VMM rolling back
-after an error or a timeout. The wire's own commit point is RESUMED: nothing can abort after it.
+This build sends protocol 4 only (STATE_VCPUS, then STATE). After STATE the guest belongs to whoever takes the
+ownership token first (hotswap/handover/ownership.py): the successor, which then resumes it and sends RESUMED, or
+the old VMM rolling back after an error or a timeout.
+The wire's own commit point is RESUMED: nothing can abort after it.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ class SenderState(Enum):
     HELLO_RECEIVED = "hello-received"
     CONFIG_SENT = "config-sent"
     READY_RECEIVED = "ready-received"
+    VCPUS_SENT = "vcpus-sent"
     STATE_SENT = "state-sent"
     RESUMED = "resumed"
     ABORTED = "aborted"
@@ -30,7 +32,8 @@ _STEPS = {
     _S.STARTED: Step(MessageType.HELLO, False, _S.HELLO_RECEIVED),
     _S.HELLO_RECEIVED: Step(MessageType.CONFIG, True, _S.CONFIG_SENT),
     _S.CONFIG_SENT: Step(MessageType.READY, False, _S.READY_RECEIVED),
-    _S.READY_RECEIVED: Step(MessageType.STATE, True, _S.STATE_SENT),
+    _S.READY_RECEIVED: Step(MessageType.STATE_VCPUS, True, _S.VCPUS_SENT),
+    _S.VCPUS_SENT: Step(MessageType.STATE, True, _S.STATE_SENT),
     _S.STATE_SENT: Step(MessageType.RESUMED, False, _S.RESUMED),
 }
 

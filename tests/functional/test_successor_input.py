@@ -6,9 +6,10 @@ the stream is still in step, answer ERROR with a code and a message saying what 
 
 The machine it is offered is real: 64 MiB, 1 vCPU, the test guest loaded into a memfd by this process, and a state
 captured from that never-run vCPU at the guest's entry point, so a successor that resumed it would boot the guest
-(test_the_checks_see_a_successor_that_runs_the_guest proves the checks notice). Where the state goes out, the test
-first takes the ownership token back, as a real old VMM does before it gives up (protocol 3): the successor must find
-it gone. One case speaks protocol 2 (RESTORED/COMMIT, no token), as an older VMM does.
+(test_the_checks_see_a_successor_that_runs_the_guest proves the checks notice). The state goes out as protocol 4
+sends it (STATE_VCPUS, then STATE); where it goes out whole, the test first takes the ownership token back, as a
+real old VMM does before it gives up: the successor must find it gone. Some cases speak protocol 2
+(RESTORED/COMMIT, no token) or 3 (the whole state in STATE), as older VMMs do.
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ from hotswap.machine.boot_cpu import apply_boot_plan
 from hotswap.machine.console import ConsoleFds
 from hotswap.machine.machine import Machine
 from hotswap.sockets import make_listener
-from hotswap.state import encode, pack
+from hotswap.state import encode, pack, pack_part
 from hotswap.wire import PROTOCOL_VERSION, Channel, ErrorCode, Hello, MessageType, PeerClosed, WireError, decode_error
 from hotswap.wire.messages import CRC, HEADER, encode_header
 
@@ -173,7 +174,19 @@ class OldVmm:
         self.channel.recv(REPLY_TIMEOUT, {MessageType.READY})
 
     def state_blob(self) -> bytes:
+        """The whole state in one container (protocols 1-3)."""
         return pack(self.offer.tree)
+
+    def vcpus_blob(self) -> bytes:
+        return pack_part({"vcpus": self.offer.tree["vcpus"]})
+
+    def rest_blob(self) -> bytes:
+        return pack_part({k: v for k, v in self.offer.tree.items() if k != "vcpus"})
+
+    def send_state(self, vcpus: bytes | None = None, rest: bytes | None = None) -> None:
+        """Protocol 4: STATE_VCPUS, then STATE."""
+        self.channel.send(MessageType.STATE_VCPUS, self.vcpus_blob() if vcpus is None else vcpus)
+        self.channel.send(MessageType.STATE, self.rest_blob() if rest is None else rest)
 
     # -- endings ----------------------------------------------------------------------------------------------
     def take_back(self) -> None:
@@ -268,28 +281,74 @@ def config_unknown_field(old: OldVmm) -> None:
 
 def state_truncated(old: OldVmm) -> None:
     old.ready()
-    blob = old.state_blob()
-    old.channel.send(MessageType.STATE, blob[: len(blob) // 2])
+    blob = old.rest_blob()
+    old.send_state(rest=blob[: len(blob) // 2])
 
 
 def state_corrupted(old: OldVmm) -> None:
     old.ready()
-    blob = bytearray(old.state_blob())
-    blob[len(blob) // 2] ^= 0x01
-    old.channel.send(MessageType.STATE, bytes(blob))
+    old.send_state(rest=corrupted(old.rest_blob()))
+
+
+def corrupted(blob: bytes) -> bytes:
+    flipped = bytearray(blob)
+    flipped[len(flipped) // 2] ^= 0x01
+    return bytes(flipped)
+
+
+def with_version(blob: bytes, version: int) -> bytes:
+    body = bytearray(blob[:-4])
+    struct.pack_into("<H", body, 8, version)  # format version: the u16 after the 8-byte magic (checksum recomputed)
+    return bytes(body) + struct.pack("<I", zlib.crc32(body))
 
 
 def state_bad_version(old: OldVmm) -> None:
     old.ready()
-    body = bytearray(old.state_blob()[:-4])
-    struct.pack_into("<H", body, 8, 99)  # format version: the u16 after the 8-byte magic (checksum recomputed)
-    old.channel.send(MessageType.STATE, bytes(body) + struct.pack("<I", zlib.crc32(body)))
+    old.send_state(rest=with_version(old.rest_blob(), 99))
 
 
 def state_unknown_vcpu_field(old: OldVmm) -> None:
     old.ready()
-    tree = {**old.offer.tree, "vcpus": [{**old.offer.tree["vcpus"][0], "turbo": 1}]}
-    old.channel.send(MessageType.STATE, pack(tree))  # a valid container, its top level fine
+    vcpus = [{**old.offer.tree["vcpus"][0], "turbo": 1}]
+    old.channel.send(MessageType.STATE_VCPUS, pack_part({"vcpus": vcpus}))  # a valid container
+
+
+def vcpus_truncated(old: OldVmm) -> None:
+    old.ready()
+    blob = old.vcpus_blob()
+    old.channel.send(MessageType.STATE_VCPUS, blob[: len(blob) // 2])
+
+
+def vcpus_corrupted(old: OldVmm) -> None:
+    old.ready()
+    old.channel.send(MessageType.STATE_VCPUS, corrupted(old.vcpus_blob()))
+
+
+def vcpus_bad_version(old: OldVmm) -> None:
+    old.ready()
+    old.channel.send(MessageType.STATE_VCPUS, with_version(old.vcpus_blob(), 99))
+
+
+def vcpus_part_holds_more(old: OldVmm) -> None:
+    old.ready()
+    old.channel.send(MessageType.STATE_VCPUS, pack_part({"vcpus": old.offer.tree["vcpus"], "vm": {}}))
+
+
+def state_parts_overlap(old: OldVmm) -> None:
+    old.ready()
+    old.send_state(rest=pack_part(old.offer.tree))  # STATE holds the vCPUs again
+
+
+def state_parts_of_two_formats(old: OldVmm) -> None:
+    old.ready()
+    old.send_state(rest=with_version(old.rest_blob(), 1))
+
+
+def close_after_vcpus(old: OldVmm) -> None:
+    """The old VMM sent the vCPUs and went away: the successor restored them, but never runs them."""
+    old.ready()
+    old.channel.send(MessageType.STATE_VCPUS, old.vcpus_blob())
+    old.close()
 
 
 def close_before_hello(old: OldVmm) -> None:
@@ -324,13 +383,13 @@ def state_after_take_back(old: OldVmm) -> None:
     """The old VMM took the guest back (as after a timeout) by the time the successor restored the state."""
     old.ready()
     old.take_back()
-    old.channel.send(MessageType.STATE, old.state_blob())
+    old.send_state()
 
 
 def abort_after_state(old: OldVmm) -> None:
     old.ready()
     old.take_back()
-    old.channel.send(MessageType.STATE, old.state_blob())
+    old.send_state()
     old.channel.send_abort(ErrorCode.TIMEOUT, "the successor took too long")
     old.close()
 
@@ -338,8 +397,23 @@ def abort_after_state(old: OldVmm) -> None:
 def close_after_state(old: OldVmm) -> None:
     old.ready()
     old.take_back()
-    old.channel.send(MessageType.STATE, old.state_blob())
+    old.send_state()
     old.close()
+
+
+def state_after_take_back_protocol_3(old: OldVmm) -> None:
+    """Protocol 3: the whole state in STATE; the guest taken back meanwhile."""
+    old.hello()
+    old.send_config(payload=encode(old.config_message(protocol=3)))
+    old.channel.recv(REPLY_TIMEOUT, {MessageType.READY})
+    old.take_back()
+    old.channel.send(MessageType.STATE, old.state_blob())
+
+
+def whole_state_in_protocol_4(old: OldVmm) -> None:
+    """Protocol 4 with the whole state in STATE (no STATE_VCPUS): out of order."""
+    old.ready()
+    old.channel.send(MessageType.STATE, old.state_blob())
 
 
 def config_protocol_2(old: OldVmm) -> None:
@@ -400,6 +474,15 @@ CASES = {
         ("format version 99",),
     ),
     "state-unknown-vcpu-field": Case(state_unknown_vcpu_field, ErrorCode.BAD_STATE, ("vcpus[0].turbo",)),
+    "vcpus-truncated": Case(vcpus_truncated, ErrorCode.BAD_STATE, ("length mismatch",)),
+    "vcpus-corrupted": Case(vcpus_corrupted, ErrorCode.BAD_STATE, ("checksum",)),
+    "vcpus-bad-version": Case(vcpus_bad_version, ErrorCode.VERSION_MISMATCH, ("format version 99",)),
+    "vcpus-part-holds-more": Case(vcpus_part_holds_more, ErrorCode.BAD_STATE, ("STATE_VCPUS holds",)),
+    "state-parts-overlap": Case(state_parts_overlap, ErrorCode.BAD_STATE, ("both hold vcpus",)),
+    "state-parts-of-two-formats": Case(state_parts_of_two_formats, ErrorCode.BAD_STATE, ("different formats",)),
+    "whole-state-in-protocol-4": Case(whole_state_in_protocol_4, ErrorCode.PROTOCOL, ("STATE", "STATE_VCPUS")),
+    "close-after-vcpus": Case(close_after_vcpus),
+    "state-after-take-back-protocol-3": Case(state_after_take_back_protocol_3),
     "close-before-hello": Case(close_before_hello),
     "close-after-hello": Case(close_after_hello),
     "close-in-config": Case(close_in_config),
@@ -478,15 +561,23 @@ def test_successor_says_why(run_case: Callable[[str], Result], name: str) -> Non
         assert word in text, f"{word!r} not in {text!r}"
 
 
-@pytest.mark.parametrize("protocol", [PROTOCOL_VERSION, 2])
+@pytest.mark.parametrize("protocol", [PROTOCOL_VERSION, 3, 2])
 def test_the_checks_see_a_successor_that_runs_the_guest(offer: Offer, tmp_path: Path, protocol: int) -> None:
-    """The whole handover done right, and the checks above see the guest run: in protocol 3 the successor takes the
-    token and resumes; from an older VMM (protocol 2, no token) it sends RESTORED and resumes only after COMMIT."""
+    """The whole handover done right, and the checks above see the guest run: in protocols 3-4 the successor takes
+    the token and resumes; from an older VMM (protocol 2, no token) it sends RESTORED and resumes only after
+    COMMIT."""
     before, pristine = offer.digest(), offer.ram()
     old = OldVmm(offer, tmp_path)
     try:
         if protocol == PROTOCOL_VERSION:
             old.ready()
+            old.send_state()
+            old.channel.recv(REPLY_TIMEOUT, {MessageType.RESUMED})
+            assert not old.ownership.take(), "the successor runs the guest without holding the token"
+        elif protocol == 3:
+            old.hello()
+            old.send_config(payload=encode(old.config_message(protocol=3)))
+            old.channel.recv(REPLY_TIMEOUT, {MessageType.READY})
             old.channel.send(MessageType.STATE, old.state_blob())
             old.channel.recv(REPLY_TIMEOUT, {MessageType.RESUMED})
             assert not old.ownership.take(), "the successor runs the guest without holding the token"

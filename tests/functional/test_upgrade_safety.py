@@ -86,7 +86,7 @@ class Case:
 
 # What a successor that vanished looks like to the old VMM: it reaped the successor or saw its socket close.
 SUCCESSOR_GONE = r"successor.*(exited with status|closed the connection|reset the connection)"
-BEFORE_STATE = ("after_hello", "after_config", "after_ready", "after_pause")
+BEFORE_STATE = ("after_hello", "after_config", "after_ready", "after_pause", "after_vcpus")
 
 
 def sender_case(step: str, action: str) -> Case:
@@ -104,7 +104,7 @@ def sender_case(step: str, action: str) -> Case:
 
 def successor_case(step: str, action: str) -> Case:
     before_ready = step in ("after_hello", "after_config")
-    if step in ("after_hello", "after_config", "after_ready", "after_state", "after_restore"):
+    if step in ("after_hello", "after_config", "after_ready", "after_vcpus", "after_state", "after_restore"):
         if action == "hang":
             waited = "READY" if before_ready else "RESUMED"
             return Case("successor", step, action, Outcome.ROLLBACK, rf"timed out .*waiting for {waited}")
@@ -124,7 +124,11 @@ DATA_FAULTS = {
 CASES = (
     [sender_case(step, action) for step in SENDER_STEPS for action in ("kill", "exit", "hang")]
     + [successor_case(step, action) for step in SUCCESSOR_STEPS for action in ("kill", "exit", "hang")]
-    + [Case("sender", "state", action, Outcome.ROLLBACK, reason) for action, reason in DATA_FAULTS.items()]
+    + [
+        Case("sender", part, action, Outcome.ROLLBACK, reason)
+        for part in ("vcpus", "state")
+        for action, reason in DATA_FAULTS.items()
+    ]
 )
 
 

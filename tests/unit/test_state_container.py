@@ -26,8 +26,11 @@ from hotswap.state import (
     UnsupportedVersionError,
     encode,
     get_field,
+    join_parts,
     pack,
+    pack_part,
     unpack,
+    unpack_part,
 )
 from hotswap.state.sample import sample_tree
 
@@ -222,3 +225,27 @@ def test_the_shipping_build_reads_the_previous_format_once_there_is_one() -> Non
         assert CURRENT_FORMAT - 1 in FORMATS.readable
     else:
         assert FORMATS.readable == frozenset({1})
+
+
+# -- parts of a tree (a protocol-4 handover sends the vCPUs, then the rest) ---------------------------------------
+def test_parts_join_into_the_tree_they_were_cut_from() -> None:
+    tree = sample_tree(vcpus=2)
+    rest = {k: v for k, v in tree.items() if k != "vcpus"}
+    joined = join_parts([unpack_part(pack_part({"vcpus": tree["vcpus"]})), unpack_part(pack_part(rest))])
+    assert joined.tree == tree and joined.version == CURRENT_FORMAT
+
+
+def test_parts_that_overlap_or_leave_a_field_out_are_refused() -> None:
+    tree = sample_tree(vcpus=1)
+    vcpus = unpack_part(pack_part({"vcpus": tree["vcpus"]}))
+    with pytest.raises(StateSchemaError, match="both hold vcpus"):
+        join_parts([vcpus, unpack_part(pack_part(tree))])
+    with pytest.raises(StateSchemaError, match="devices"):
+        join_parts([vcpus, unpack_part(pack_part({k: v for k, v in tree.items() if k not in ("vcpus", "devices")}))])
+
+
+def test_a_part_is_checked_like_a_whole_container() -> None:
+    blob = bytearray(pack_part({"vcpus": []}))
+    blob[-1] ^= 0xFF
+    with pytest.raises(BadChecksumError):
+        unpack_part(bytes(blob))

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 import pytest
 
 from hotswap.handover.ownership import OwnershipToken
-from hotswap.state import pack, unpack
+from hotswap.state import pack, pack_part, unpack
 from hotswap.state.sample import sample_tree
 from hotswap.wire import (
     PROTOCOL_VERSION,
@@ -29,11 +29,12 @@ from hotswap.wire import (
 T = MessageType
 
 # A stand-in successor: HELLO, takes CONFIG + fds, writes into the guest-RAM memfd it got, checks the STATE
-# container, takes the ownership token (the last fd) and answers like the real one would (protocol 3).
+# containers (the vCPUs, then the rest), takes the ownership token (the last fd) and answers like the real one would
+# (protocol 4).
 CHILD = textwrap.dedent(
     """
     import os, socket, sys
-    from hotswap.state import StateError, unpack
+    from hotswap.state import StateError, join_parts, unpack_part
     from hotswap.handover.ownership import OwnershipToken
     from hotswap.wire import Channel, ErrorCode, Hello, MessageType as T, Receiver
 
@@ -45,9 +46,10 @@ CHILD = textwrap.dedent(
         ram = config.fds[0]
         os.pwrite(ram, b"written by pid %d" % os.getpid(), 0)
         channel.send(T.READY, str(len(config.fds)).encode()); machine.advance(T.READY)
+        vcpus = channel.recv(5.0, expect=machine.incoming()); machine.advance(vcpus.type)
         state = channel.recv(5.0, expect=machine.incoming()); machine.advance(state.type)
         try:
-            version, tree = unpack(state.payload)
+            version, tree = join_parts([unpack_part(vcpus.payload), unpack_part(state.payload)])
         except StateError as err:
             channel.send_error(ErrorCode.BAD_STATE, str(err))
             sys.exit(3)
@@ -92,7 +94,11 @@ def test_full_handover_sequence_with_fds_across_processes(successor: tuple[Chann
         machine.advance(T.CONFIG)
         assert channel.recv(10.0, expect=machine.incoming()).payload == b"300"
         machine.advance(T.READY)
-        channel.send(T.STATE, pack(sample_tree(vcpus=3)))
+        tree = sample_tree(vcpus=3)
+        channel.send(T.STATE_VCPUS, pack_part({"vcpus": tree.pop("vcpus")}))
+        machine.advance(T.STATE_VCPUS)
+        assert not machine.state_sent
+        channel.send(T.STATE, pack_part(tree))
         machine.advance(T.STATE)
         assert machine.state_sent and not machine.committed
         assert channel.recv(10.0, expect=machine.incoming()).payload == b"3"
@@ -114,7 +120,9 @@ def test_a_rejected_state_reaches_the_old_vmm_as_an_error(successor: tuple[Chann
         channel.recv(10.0, expect={T.HELLO})
         channel.send(T.CONFIG, b"", [ram, ram])
         channel.recv(10.0, expect={T.READY})
-        corrupted = bytearray(pack(sample_tree(vcpus=1)))
+        tree = sample_tree(vcpus=1)
+        channel.send(T.STATE_VCPUS, pack_part({"vcpus": tree.pop("vcpus")}))
+        corrupted = bytearray(pack_part(tree))
         corrupted[100] ^= 0xFF
         channel.send(T.STATE, bytes(corrupted))
         with pytest.raises(RemoteError) as info:

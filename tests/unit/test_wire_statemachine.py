@@ -10,18 +10,26 @@ T = MessageType
 R = ReceiverState
 S = SenderState
 
-# Protocol 3 (this build's old VMMs): the successor takes the ownership token instead of a RESTORED/COMMIT round trip.
-SEQUENCE = [T.HELLO, T.CONFIG, T.READY, T.STATE, T.RESUMED]
-RECEIVER_STATES = [R.HELLO_SENT, R.CONFIGURED, R.READY_SENT, R.STATE_RECEIVED, R.RESUMED]
-SENDER_STATES = [S.HELLO_RECEIVED, S.CONFIG_SENT, S.READY_RECEIVED, S.STATE_SENT, S.RESUMED]
+# Protocol 4 (this build's old VMMs): the state in two messages; the successor takes the ownership token instead of
+# a RESTORED/COMMIT round trip.
+SEQUENCE = [T.HELLO, T.CONFIG, T.READY, T.STATE_VCPUS, T.STATE, T.RESUMED]
+RECEIVER_STATES = [R.HELLO_SENT, R.CONFIGURED, R.READY_SENT, R.VCPUS_RECEIVED, R.STATE_RECEIVED, R.RESUMED]
+SENDER_STATES = [S.HELLO_RECEIVED, S.CONFIG_SENT, S.READY_RECEIVED, S.VCPUS_SENT, S.STATE_SENT, S.RESUMED]
+# Protocol 3: the whole state in STATE.
+TOKEN_SEQUENCE = [T.HELLO, T.CONFIG, T.READY, T.STATE, T.RESUMED]
+TOKEN_STATES = [R.HELLO_SENT, R.CONFIGURED, R.READY_SENT, R.STATE_RECEIVED, R.RESUMED]
 # Protocols 1-2 (older old VMMs handing over to this build).
 COMMIT_SEQUENCE = [T.HELLO, T.CONFIG, T.READY, T.STATE, T.RESTORED, T.COMMIT, T.RESUMED]
 COMMIT_STATES = [R.HELLO_SENT, R.CONFIGURED, R.READY_SENT, R.STATE_RECEIVED, R.RESTORED_SENT, R.COMMITTED, R.RESUMED]
 
 
-def receiver_at(steps: int, protocol: int = 3) -> Receiver:
+def sequence_of(protocol: int) -> list[MessageType]:
+    return SEQUENCE if protocol >= 4 else TOKEN_SEQUENCE if protocol == 3 else COMMIT_SEQUENCE
+
+
+def receiver_at(steps: int, protocol: int = 4) -> Receiver:
     machine = Receiver(protocol)
-    for msg_type in (SEQUENCE if protocol >= 3 else COMMIT_SEQUENCE)[:steps]:
+    for msg_type in sequence_of(protocol)[:steps]:
         machine.advance(msg_type)
     return machine
 
@@ -35,6 +43,13 @@ def test_receiver_walks_the_sequence() -> None:
     assert machine.finished and machine.committed and not machine.can_abort
 
 
+def test_receiver_walks_protocol_3s_sequence() -> None:
+    machine = Receiver(3)
+    for msg_type, state in zip(TOKEN_SEQUENCE, TOKEN_STATES, strict=True):
+        assert machine.advance(msg_type) is state
+    assert machine.finished and machine.committed
+
+
 @pytest.mark.parametrize("protocol", [1, 2])
 def test_receiver_walks_the_older_protocols_commit_sequence(protocol: int) -> None:
     machine = Receiver(protocol)
@@ -44,7 +59,7 @@ def test_receiver_walks_the_older_protocols_commit_sequence(protocol: int) -> No
 
 
 def test_the_protocol_is_chosen_once_config_arrived() -> None:
-    machine = receiver_at(2)  # CONFIGURED, protocol 3's sequence so far
+    machine = receiver_at(2)  # CONFIGURED, protocol 4's sequence so far
     machine.use_protocol(2)
     machine.advance(T.READY)
     machine.advance(T.STATE)
@@ -73,9 +88,9 @@ def test_the_brief_example_message() -> None:
     assert machine.state is R.HELLO_SENT  # a rejected message changes nothing
 
 
-@pytest.mark.parametrize("protocol", [2, 3])
+@pytest.mark.parametrize("protocol", [2, 3, 4])
 def test_every_out_of_order_message_is_rejected(protocol: int) -> None:
-    sequence = SEQUENCE if protocol >= 3 else COMMIT_SEQUENCE
+    sequence = sequence_of(protocol)
     for steps in range(len(sequence) + 1):
         for wrong in [t for t in MessageType if t not in (T.ERROR, T.ABORT)]:
             if steps < len(sequence) and wrong is sequence[steps]:
@@ -87,7 +102,7 @@ def test_every_out_of_order_message_is_rejected(protocol: int) -> None:
 
 @pytest.mark.parametrize("steps", range(len(SEQUENCE) + 1))
 def test_the_sender_rejects_every_out_of_order_message(steps: int) -> None:
-    """This build's old VMM speaks protocol 3 only: after STATE, RESTORED or COMMIT is as wrong as anything else."""
+    """This build's old VMM speaks protocol 4 only: after STATE, RESTORED or COMMIT is as wrong as anything else."""
     for wrong in [t for t in MessageType if t not in (T.ERROR, T.ABORT)]:
         if steps < len(SEQUENCE) and wrong is SEQUENCE[steps]:
             continue
@@ -106,7 +121,9 @@ def test_migration_types_are_reserved_but_not_part_of_the_handover() -> None:
         machine.advance(T.MEMORY_PAGES)
 
 
-@pytest.mark.parametrize(("protocol", "steps"), [(3, n) for n in range(4)] + [(2, n) for n in range(6)])
+@pytest.mark.parametrize(
+    ("protocol", "steps"), [(4, n) for n in range(5)] + [(3, n) for n in range(4)] + [(2, n) for n in range(6)]
+)
 @pytest.mark.parametrize("ending", [T.ABORT, T.ERROR])
 def test_abort_or_error_before_the_commit_point_ends_in_aborted(protocol: int, steps: int, ending: MessageType) -> None:
     machine = receiver_at(steps, protocol)
@@ -128,7 +145,7 @@ def test_nothing_aborts_after_commit() -> None:
 
 
 def test_nothing_aborts_after_resumed() -> None:
-    machine = receiver_at(5)
+    machine = receiver_at(6)
     assert machine.state is R.RESUMED and machine.committed
     with pytest.raises(ProtocolError, match=r"got ERROR in state RESUMED \(the guest is already committed\)"):
         machine.advance(T.ERROR)
@@ -139,6 +156,8 @@ def test_sender_error_after_state_ends_the_wire_sequence() -> None:
     machine = Sender()
     for msg_type in SEQUENCE[:4]:
         machine.advance(msg_type)
+    assert not machine.state_sent  # STATE_VCPUS alone: the successor cannot take the guest yet
+    machine.advance(T.STATE)
     assert machine.state_sent
     assert machine.advance(T.ERROR) is S.ABORTED
 
