@@ -42,6 +42,8 @@ pytestmark = pytest.mark.kvm
 FIRST_UPGRADE_COMMIT = "02c5a7e"
 # The last build whose old VMM speaks protocol 2 (RESTORED/COMMIT); protocol 3 (the ownership token) follows it.
 LAST_PROTOCOL_2_COMMIT = "4150543"
+# The last build whose old VMM speaks protocol 3 (the whole state in STATE); protocol 4 (STATE_VCPUS) follows it.
+LAST_PROTOCOL_3_COMMIT = "e177a83"
 PACKAGES = ("kvm", "devices", "hotswap")
 MEM = "64M"
 
@@ -174,6 +176,7 @@ def start_with(build: Build, vm: GuestVm, kernel: Path, cpus: int, outside: Path
     [
         pytest.param(FIRST_UPGRADE_COMMIT, id="first-upgrade-build"),
         pytest.param(LAST_PROTOCOL_2_COMMIT, id="last-protocol-2-build"),
+        pytest.param(LAST_PROTOCOL_3_COMMIT, id="last-protocol-3-build"),
         pytest.param("HEAD", id="last-commit"),
     ],
 )
