@@ -23,7 +23,7 @@ def _request_upgrade(record: registry.VmRecord, args: argparse.Namespace) -> dic
     # printing and exiting while the new VMM settles) belongs on the VMM's CPUs too, below the VMM's own threads
     # (hotswap/machine/priority.py says why).
     if follow_process(record.pid, _STARTED_ON):
-        priority.background_all_threads(idle=True)
+        priority.background_all_threads()
     else:
         priority.foreground_all_threads()
     body: dict[str, Any] = {"mode": args.mode, "timeout": args.timeout}

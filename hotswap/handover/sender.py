@@ -99,7 +99,8 @@ def hand_over(vmm: Vmm, action: Upgrade) -> dict[str, Any]:
         raise UpgradeError(f"cannot start the successor {' '.join(command)}: {exc.strerror or exc}") from None
     theirs.close()
     # Its start-up and preparation are the upgrade's bulk of CPU time, none of it urgent: the guest goes first.
-    priority.background_process(process.pid, idle=pinned(machine))
+    if pinned(machine):
+        priority.background_process(process.pid)
     consume("successor", generation + 1)  # that successor has its faults; a retry's successor runs clean
     channel = Channel(ours, peer=f"successor (pid {process.pid})")
     session = _Session(vmm, channel, process, logger)
@@ -217,8 +218,8 @@ class _Session:
     def _handed_over(self) -> None:
         """The successor owns the guest: stop our threads without touching it, and never resume it here."""
         self.unboost()
-        # What is left here (stopping threads, replying, exiting) can wait.
-        priority.background_all_threads(idle=pinned(self.machine))
+        if pinned(self.machine):  # what is left here (stopping threads, replying, exiting) can wait
+            priority.background_all_threads()
         self.machine.abandon()
         self.vmm.mark_handed_over()
         self.ownership.close()

@@ -119,6 +119,7 @@ class _Successor:
         self.console_history = b""
         self.step_timeout = DEFAULT_STEP_TIMEOUT  # how long we wait for STATE (and COMMIT): the old VMM's --timeout
         self.restore_detail: dict[str, int] = {}
+        self._left_vcpu_cpus = False
         self.log = log.get("handover").bind(side="successor")
 
     def run(self) -> int:
@@ -149,6 +150,9 @@ class _Successor:
                 vcpus_part = self._restore_vcpus_early(vcpus_message.payload)
                 if vcpus_part is None:
                     return exitcodes.ERROR
+                # Back to the VMM's CPUs now, while the old VMM still captures the rest there: we wait for STATE
+                # anyway, and the move is then out of the way of resuming the vCPUs on theirs.
+                self._leave_vcpu_cpus()
                 fault_point("successor", self.generation, "after_vcpus")
             state_message = wire.recv(self.step_timeout)
             state_received = now_ns()
@@ -219,6 +223,13 @@ class _Successor:
         config = self.machine.config
         if config.vcpu_cpus:
             pin_this_thread(tuple(sorted(set(config.vmm_cpus) | set(config.vcpu_cpus))), "successor window")
+
+    def _leave_vcpu_cpus(self) -> None:
+        """Undo _window_placement (once)."""
+        assert self.machine is not None
+        if self.machine.config.vcpu_cpus and not self._left_vcpu_cpus:
+            pin_this_thread(self.machine.config.vmm_cpus, "vmm")
+        self._left_vcpu_cpus = True
 
     def _take_ownership(self, state_received: int, restored: int) -> int:
         """Protocol 3: the guest is ours if we take the token before the old VMM takes it back."""
@@ -301,7 +312,7 @@ class _Successor:
     def _take_over(self, state_received: int, restored: int, committed: int, confirm: bool) -> int:
         """The guest is ours (token taken, or COMMIT received, or the old VMM is dead): run it."""
         assert self.machine is not None and self.vmm is not None
-        pin_this_thread(self.machine.config.vmm_cpus, "vmm")  # off the vCPUs' CPUs before they run (_window_placement)
+        self._leave_vcpu_cpus()  # off the vCPUs' CPUs before they run (protocol 3 and older: not done yet)
         resumed = self.machine.resume()
         self.machine.devices.resume()
         gc.enable()

@@ -39,12 +39,13 @@ def unboost() -> None:
 # The successor's start-up and preparation (~0.3 s of CPU), the old VMM's exit and the upgrade command are work the
 # guest should never wait for. What "wait" means here: a VMM thread that holds the GIL and is preempted on its CPU
 # stalls every vCPU exit behind it (ftrace: 3 ms stalls while the successor started on the VMM's CPU at nice 10,
-# because the scheduler lets a running task finish its slice). On a VMM pinned away from its vCPUs (--vcpu-cpus),
-# these helpers run SCHED_IDLE: any VMM thread that wakes takes their CPU at once, and the VMM's CPUs have little
-# else to do. Unpinned, the guest's own vCPUs may keep every CPU busy, so SCHED_IDLE could stall the upgrade for
-# minutes: the helpers run at nice 10 instead. A successor's threads go back to SCHED_OTHER, nice 0, before READY
-# (its vCPU threads, which inherit the policy of the thread that creates them, never run guest code in it).
-BACKGROUND_NICE = 10
+# because the scheduler lets a running task finish its slice, a 4 ms tick here). On a VMM pinned away from its
+# vCPUs (--vcpu-cpus) these helpers run SCHED_IDLE: any VMM thread that wakes takes their CPU at once, and the VMM's
+# CPUs have little else to do. Unpinned, the guest's own vCPUs may keep every CPU busy: at nice 10 an upgrade of
+# the 2-vCPU test guest on this 2-CPU host took 2.5 s p50 instead of 0.77 s, for a gap at the pause of 8.3 ms p50
+# instead of 11 ms (bench.upgrade, both noisy), so unpinned helpers keep normal priority. A successor's threads go
+# back to SCHED_OTHER before READY (its vCPU threads, which inherit the policy of the thread that creates them,
+# never run guest code in it).
 
 
 def _enabled() -> bool:
@@ -52,49 +53,45 @@ def _enabled() -> bool:
 
 
 def can_restore_priority() -> bool:
-    """Whether this process may move a thread back to normal priority (needs root or RLIMIT_NICE >= 20)."""
+    """Whether this process may move a thread from SCHED_IDLE back to SCHED_OTHER (root, or RLIMIT_NICE >= 20)."""
     return os.geteuid() == 0 or resource.getrlimit(resource.RLIMIT_NICE)[0] >= 20
 
 
-def _background(tid: int, idle: bool) -> bool:
+def _background(tid: int) -> bool:
     try:
-        if idle:
-            os.sched_setscheduler(tid, os.SCHED_IDLE, os.sched_param(0))
-        else:
-            os.setpriority(os.PRIO_PROCESS, tid, BACKGROUND_NICE)
+        os.sched_setscheduler(tid, os.SCHED_IDLE, os.sched_param(0))
     except OSError:
         return False
     return True
 
 
-def background_process(pid: int, idle: bool) -> bool:
-    """Move process `pid`'s main thread (and so the threads it starts) to the background: SCHED_IDLE if `idle`,
-    else BACKGROUND_NICE. Only when it can come back (can_restore_priority)."""
+def background_process(pid: int) -> bool:
+    """Move process `pid`'s main thread (and so the threads it starts) to SCHED_IDLE, only when it can come back
+    (can_restore_priority)."""
     if not (_enabled() and can_restore_priority()):
         return False
-    return _background(pid, idle)
+    return _background(pid)
 
 
 def _tids() -> list[int]:
     return [int(tid) for tid in os.listdir("/proc/self/task")]
 
 
-def background_all_threads(idle: bool) -> None:
-    """Every thread of this process to the background (an old VMM after it handed its guest over; the upgrade
-    command once it knows its VMM is pinned)."""
+def background_all_threads() -> None:
+    """Every thread of this process to SCHED_IDLE (an old VMM after it handed its guest over; the upgrade command
+    once it knows its VMM is pinned)."""
     if _enabled():
         for tid in _tids():
-            _background(tid, idle)
+            _background(tid)
 
 
 def foreground_all_threads() -> bool:
-    """Every thread of this process back to SCHED_OTHER, nice 0; False if some could not be moved."""
+    """Every thread of this process from SCHED_IDLE back to SCHED_OTHER; False if some could not be moved."""
     ok = True
     for tid in _tids():
         try:
             if os.sched_getscheduler(tid) == os.SCHED_IDLE:
                 os.sched_setscheduler(tid, os.SCHED_OTHER, os.sched_param(0))
-            os.setpriority(os.PRIO_PROCESS, tid, 0)
         except OSError:
             ok = ok and not os.path.exists(f"/proc/self/task/{tid}")  # a thread that just ended is fine
     return ok

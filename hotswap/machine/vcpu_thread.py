@@ -160,10 +160,10 @@ class VcpuThread:
 
     def _park(self) -> None:
         self.paused_at_ns = now_ns()
+        self._paused.set()  # first: the controlling thread starts capturing while we boost
         # Parked at real-time priority, so that on a busy host the release is not followed by a wait for a time
         # slice; back to normal before any guest code runs (hotswap/machine/priority.py).
         boosted = priority.boost()
-        self._paused.set()
         while self._pause_requested and not self._quit:
             self._gate.wait()
         self.resumed_at_ns = now_ns()

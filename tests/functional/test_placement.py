@@ -17,7 +17,7 @@ pytestmark = pytest.mark.kvm
 
 
 def threads(pid: int) -> dict[int, tuple[str, str, int]]:
-    """tid -> (comm, allowed CPUs as the kernel lists them, nice)."""
+    """tid -> (comm, allowed CPUs as the kernel lists them, nice; -100 for a thread not in SCHED_OTHER)."""
     found = {}
     for tid in os.listdir(f"/proc/{pid}/task"):
         base = f"/proc/{pid}/task/{tid}"
@@ -27,7 +27,10 @@ def threads(pid: int) -> dict[int, tuple[str, str, int]]:
             for line in Path(f"{base}/status").read_text().splitlines()
             if line.startswith("Cpus_allowed_list:")
         )
-        nice = int(Path(f"{base}/stat").read_text().rsplit(")", 1)[1].split()[16])
+        stat = Path(f"{base}/stat").read_text().rsplit(")", 1)[1].split()  # fields 3.. of proc(5)
+        policy, nice = int(stat[38]), int(stat[16])
+        if policy != os.SCHED_OTHER:
+            nice = -100
         found[int(tid)] = (comm, allowed, nice)
     return found
 
@@ -46,6 +49,7 @@ def assert_placed(pid: int, vmm_cpu: int, vcpu_cpu: int) -> None:
     others = {comm: allowed for comm, allowed, _ in seen.values() if comm != "vcpu0"}
     assert set(others.values()) == {str(vmm_cpu)}, seen
     assert any(comm.startswith("kvm-") for comm in others), f"KVM's worker is not among the VMM's tasks: {seen}"
+    # The successor started SCHED_IDLE (a pinned VMM's helpers do): every thread of it is back to normal.
     assert {nice for _, _, nice in seen.values()} == {0}, f"a thread runs at another priority: {seen}"
 
 
