@@ -21,7 +21,7 @@ from hotswap.boot import load_kernel
 from hotswap.boot.ram import split_ram
 from hotswap.config import MachineConfig
 from hotswap.errors import HotswapError
-from hotswap.machine.affinity import pin_this_thread
+from hotswap.machine.affinity import online_cpus, pin_this_thread
 from hotswap.machine.boot_cpu import apply_boot_plan
 from hotswap.machine.console import Console, ConsoleFds
 from hotswap.machine.devices import DeviceSet
@@ -90,7 +90,8 @@ class Machine:
                 self._on_vcpu_stop,
                 self._gate,
                 functools.partial(os.eventfd_write, self._running, 1),
-                cpus=config.vcpu_cpus,
+                # With --vmm-cpus alone the vCPUs may still use any CPU, not the VMM's ones they would inherit.
+                cpus=config.vcpu_cpus or (online_cpus() if config.vmm_cpus else ()),
             )
             for vcpu in platform.vcpus
         ]

@@ -79,6 +79,24 @@ def test_unpinned_vmm_runs_anywhere_at_normal_priority(vm: GuestVm, guest_elf: P
     assert "vcpu_cpus" not in vm.info()["config"]
 
 
+def test_vmm_cpus_alone_leave_the_vcpus_anywhere(vm: GuestVm, guest_elf: Path) -> None:
+    vmm_cpu, _ = two_cpus()
+    vm.start(guest_elf, guest_cmdline(status_ms=50), 1, "256M", "--vmm-cpus", str(vmm_cpu))
+    vm.wait_statuses(1)
+    everywhere = os.sched_getaffinity(0)
+
+    def check(pid: int) -> None:
+        for comm, allowed, _nice in threads(pid).values():
+            cpus = {c for part in allowed.split(",") for c in _expand(part)}
+            if comm == "vcpu0":
+                assert cpus >= everywhere, f"the vCPU thread was restricted to {allowed}"
+            else:
+                assert cpus == {vmm_cpu}, f"{comm} runs on {allowed}, not the VMM's CPU {vmm_cpu}"
+
+    check(vm.pid or 0)
+    check(vm.upgrade()["new_pid"])
+
+
 def _expand(part: str) -> range:
     low, _, high = part.partition("-")
     return range(int(low), int(high or low) + 1)
