@@ -183,9 +183,10 @@ def config_from_args(args: argparse.Namespace) -> MachineConfig:
 def _affinity_from_args(args: argparse.Namespace) -> dict[str, tuple[int, ...]]:
     """--vcpu-cpus and --vmm-cpus; with only --vcpu-cpus, the VMM's own threads get every other CPU we may use."""
     vcpu_cpus = parse_cpu_list(args.vcpu_cpus, "--vcpu-cpus") if args.vcpu_cpus else ()
-    vmm_cpus = parse_cpu_list(args.vmm_cpus, "--vmm-cpus") if args.vmm_cpus else complement(vcpu_cpus)
-    if not vcpu_cpus and not args.vmm_cpus:
-        vmm_cpus = ()
+    if args.vmm_cpus:
+        vmm_cpus = parse_cpu_list(args.vmm_cpus, "--vmm-cpus")
+    else:
+        vmm_cpus = complement(vcpu_cpus) if vcpu_cpus else ()
     return {"vcpu_cpus": vcpu_cpus, "vmm_cpus": vmm_cpus}
 
 

@@ -64,7 +64,7 @@ class Vcpu:
         self._msr_layout = struct.Struct("<")
         self._msr_view: CData = None
         self._write_msrs: dict[tuple[int, bool], CData] = {}
-        self._blob_table: dict[str, tuple[CData, int, int, int, str]] = {}  # filled by _blob() on first use
+        self._blob_table: dict[str, tuple[CData, int, int, int, str, str]] = {}  # filled by _blob() on first use
         self.batches: dict[object, IoctlBatch] = {}  # built once per vCPU by kvm/vcpu_state.py
 
     def close(self) -> None:
@@ -127,73 +127,6 @@ class Vcpu:
     def set_sregs(self, sregs: CData) -> None:
         ioctl(self.fd, lib.KVM_SET_SREGS, sregs, "KVM_SET_SREGS")
 
-    # -- state items as bytes (the live-upgrade state tree stores these blobs) -------------------------------
-    def get_mp_state(self) -> int:
-        ioctl(self.fd, lib.KVM_GET_MP_STATE, self._mp_state, "KVM_GET_MP_STATE")
-        return int(self._mp_state.mp_state)
-
-    def set_mp_state(self, state: int) -> None:
-        self._mp_state.mp_state = state
-        ioctl(self.fd, lib.KVM_SET_MP_STATE, self._mp_state, "KVM_SET_MP_STATE")
-
-    def _get_blob(self, request: int, buf: CData, size: int, op: str) -> bytes:
-        ioctl(self.fd, request, buf, op)
-        blob: bytes = ffi.buffer(buf, size)[:]
-        return blob
-
-    def _set_blob(self, request: int, buf: CData, size: int, blob: bytes, op: str) -> None:
-        if len(blob) != size:
-            raise KvmError(op, errno.EINVAL, f"state blob is {len(blob)} bytes, expected {size}")
-        ffi.memmove(buf, blob, size)
-        ioctl(self.fd, request, buf, op)
-
-    def get_regs_blob(self) -> bytes:
-        return self._get_blob(lib.KVM_GET_REGS, self._regs, ffi.sizeof(self._regs[0]), "KVM_GET_REGS")
-
-    def set_regs_blob(self, blob: bytes) -> None:
-        self._set_blob(lib.KVM_SET_REGS, self._regs, ffi.sizeof(self._regs[0]), blob, "KVM_SET_REGS")
-
-    def get_sregs_blob(self) -> bytes:
-        return self._get_blob(lib.KVM_GET_SREGS, self._sregs, ffi.sizeof(self._sregs[0]), "KVM_GET_SREGS")
-
-    def set_sregs_blob(self, blob: bytes) -> None:
-        self._set_blob(lib.KVM_SET_SREGS, self._sregs, ffi.sizeof(self._sregs[0]), blob, "KVM_SET_SREGS")
-
-    def get_xsave_blob(self) -> bytes:
-        op = "KVM_GET_XSAVE2" if self._xsave_get == lib.KVM_GET_XSAVE2 else "KVM_GET_XSAVE"
-        return self._get_blob(self._xsave_get, self._xsave, self._xsave_size, op)
-
-    def set_xsave_blob(self, blob: bytes) -> None:
-        self._set_blob(lib.KVM_SET_XSAVE, self._xsave, self._xsave_size, blob, "KVM_SET_XSAVE")
-
-    def get_xcrs_blob(self) -> bytes:
-        return self._get_blob(lib.KVM_GET_XCRS, self._xcrs, ffi.sizeof(self._xcrs[0]), "KVM_GET_XCRS")
-
-    def set_xcrs_blob(self, blob: bytes) -> None:
-        self._set_blob(lib.KVM_SET_XCRS, self._xcrs, ffi.sizeof(self._xcrs[0]), blob, "KVM_SET_XCRS")
-
-    def get_debugregs_blob(self) -> bytes:
-        size = ffi.sizeof(self._debugregs[0])
-        return self._get_blob(lib.KVM_GET_DEBUGREGS, self._debugregs, size, "KVM_GET_DEBUGREGS")
-
-    def set_debugregs_blob(self, blob: bytes) -> None:
-        size = ffi.sizeof(self._debugregs[0])
-        self._set_blob(lib.KVM_SET_DEBUGREGS, self._debugregs, size, blob, "KVM_SET_DEBUGREGS")
-
-    def get_lapic_blob(self) -> bytes:
-        return self._get_blob(lib.KVM_GET_LAPIC, self._lapic, ffi.sizeof(self._lapic[0]), "KVM_GET_LAPIC")
-
-    def set_lapic_blob(self, blob: bytes) -> None:
-        self._set_blob(lib.KVM_SET_LAPIC, self._lapic, ffi.sizeof(self._lapic[0]), blob, "KVM_SET_LAPIC")
-
-    def get_vcpu_events_blob(self) -> bytes:
-        size = ffi.sizeof(self._events[0])
-        return self._get_blob(lib.KVM_GET_VCPU_EVENTS, self._events, size, "KVM_GET_VCPU_EVENTS")
-
-    def set_vcpu_events_blob(self, blob: bytes) -> None:
-        size = ffi.sizeof(self._events[0])
-        self._set_blob(lib.KVM_SET_VCPU_EVENTS, self._events, size, blob, "KVM_SET_VCPU_EVENTS")
-
     # -- MSRs -------------------------------------------------------------------------------------------------
     def set_msr_indices(self, indices: Sequence[int]) -> None:
         """Fix the list of MSRs get_msrs() reads, with a buffer allocated once."""
@@ -218,53 +151,6 @@ class Vcpu:
         flat = self._msr_layout.unpack_from(self._msr_view)
         return list(zip(flat[0::2], flat[1::2], strict=True))
 
-    def get_msrs_blob(self) -> bytes:
-        """The MSRs fixed by set_msr_indices() as the raw struct kvm_msr_entry array (u32 index, u32 reserved,
-        u64 data; little-endian, 16 bytes each): one copy, no per-MSR Python objects."""
-        self._msrs.nmsrs = self._msr_count
-        got = ioctl(self.fd, lib.KVM_GET_MSRS, self._msrs, "KVM_GET_MSRS")
-        if got != self._msr_count:
-            bad = self._msrs.entries[got].index
-            raise KvmError("KVM_GET_MSRS", errno.EINVAL, f"read {got} of {self._msr_count} MSRs, stopped at {bad:#x}")
-        blob: bytes = self._msr_view[:]
-        return blob
-
-    def set_msrs_blob(self, blob: bytes | memoryview) -> None:
-        """Write a raw struct kvm_msr_entry array (as get_msrs_blob returns), in its order; the count KVM accepted
-        is checked."""
-        if len(blob) % 16:
-            raise KvmError("KVM_SET_MSRS", errno.EINVAL, f"MSR blob of {len(blob)} bytes is not whole entries")
-        count = len(blob) // 16
-        if not count:
-            return
-        msrs = ffi.new("struct kvm_msrs *", {"nmsrs": count, "entries": count})
-        msrs.nmsrs = count
-        ffi.memmove(msrs.entries, blob, len(blob))
-        done = ioctl(self.fd, lib.KVM_SET_MSRS, msrs, "KVM_SET_MSRS")
-        if done != count:
-            index, data = struct.unpack_from("<IxxxxQ", blob, 16 * done)
-            raise KvmError(
-                "KVM_SET_MSRS", errno.EINVAL, f"KVM accepted {done} of {count} MSRs, refused {index:#x} = {data:#x}"
-            )
-
-    def set_msrs(self, values: Sequence[tuple[int, int]]) -> None:
-        """Write MSRs in the given order; KVM stops at the first it refuses, so the count is checked."""
-        count = len(values)
-        if not count:
-            return
-        msrs = ffi.new("struct kvm_msrs *", {"nmsrs": count, "entries": count})
-        msrs.nmsrs = count
-        layout = self._msr_layout if count == self._msr_count else struct.Struct("<" + "IxxxxQ" * count)
-        layout.pack_into(ffi.buffer(msrs.entries, 16 * count), 0, *[v for pair in values for v in pair])
-        done = ioctl(self.fd, lib.KVM_SET_MSRS, msrs, "KVM_SET_MSRS")
-        if done != count:
-            bad, value = values[done]
-            raise KvmError(
-                "KVM_SET_MSRS",
-                errno.EINVAL,
-                f"KVM accepted {done} of {count} MSRs, refused {bad:#x} = {value:#x}",
-            )
-
     def read_msr(self, index: int) -> int | None:
         """One MSR's value, or None when KVM cannot read it."""
         probe = ffi.new("struct kvm_msrs *", {"nmsrs": 1, "entries": 1})
@@ -288,33 +174,36 @@ class Vcpu:
     # -- the whole state as batch steps (kvm/vcpu_state.py orders them; kvm/batch.py runs them) ----------------
     BLOB_PARTS = ("regs", "sregs", "xsave", "xcrs", "debugregs", "lapic", "vcpu_events")
 
-    def _blob(self, part: str) -> tuple[CData, int, int, int, str]:
-        """(buffer, size, get request, set request, get ioctl name) of a fixed-size state part."""
+    def _blob(self, part: str) -> tuple[CData, int, int, int, str, str]:
+        """(buffer, size, get request, set request, get ioctl name, set ioctl name) of a fixed-size state part."""
         table = self._blob_table
         if not table:
-            get_xsave = "KVM_GET_XSAVE2" if self._xsave_get == lib.KVM_GET_XSAVE2 else "KVM_GET_XSAVE"
-            for name, buf, get, put, op in (
-                ("regs", self._regs, lib.KVM_GET_REGS, lib.KVM_SET_REGS, "KVM_GET_REGS"),
-                ("sregs", self._sregs, lib.KVM_GET_SREGS, lib.KVM_SET_SREGS, "KVM_GET_SREGS"),
-                ("xcrs", self._xcrs, lib.KVM_GET_XCRS, lib.KVM_SET_XCRS, "KVM_GET_XCRS"),
-                ("debugregs", self._debugregs, lib.KVM_GET_DEBUGREGS, lib.KVM_SET_DEBUGREGS, "KVM_GET_DEBUGREGS"),
-                ("lapic", self._lapic, lib.KVM_GET_LAPIC, lib.KVM_SET_LAPIC, "KVM_GET_LAPIC"),
-                ("vcpu_events", self._events, lib.KVM_GET_VCPU_EVENTS, lib.KVM_SET_VCPU_EVENTS, "KVM_GET_VCPU_EVENTS"),
+            for name, buf, op in (
+                ("regs", self._regs, "REGS"),
+                ("sregs", self._sregs, "SREGS"),
+                ("xcrs", self._xcrs, "XCRS"),
+                ("debugregs", self._debugregs, "DEBUGREGS"),
+                ("lapic", self._lapic, "LAPIC"),
+                ("vcpu_events", self._events, "VCPU_EVENTS"),
             ):
-                table[name] = (buf, ffi.sizeof(buf[0]), get, put, op)
-            table["xsave"] = (self._xsave, self._xsave_size, self._xsave_get, lib.KVM_SET_XSAVE, get_xsave)
+                get, put = getattr(lib, f"KVM_GET_{op}"), getattr(lib, f"KVM_SET_{op}")
+                table[name] = (buf, ffi.sizeof(buf[0]), get, put, f"KVM_GET_{op}", f"KVM_SET_{op}")
+            get_xsave = "KVM_GET_XSAVE2" if self._xsave_get == lib.KVM_GET_XSAVE2 else "KVM_GET_XSAVE"
+            table["xsave"] = (
+                self._xsave, self._xsave_size, self._xsave_get, lib.KVM_SET_XSAVE, get_xsave, "KVM_SET_XSAVE"
+            )  # fmt: skip
         return table[part]
 
     def get_step(self, part: str) -> Step:
-        """The ioctl that reads `part` into this vCPU's buffer (read it with part_value after the batch ran)."""
+        """The ioctl that reads `part` into this vCPU's buffer (read it with part_bytes or part_int after the batch
+        ran)."""
         if part == "mp_state":
             return Step(lib.KVM_GET_MP_STATE, self._mp_state, "KVM_GET_MP_STATE")
         if part == "msrs":
-            self._msrs.nmsrs = self._msr_count
             return Step(lib.KVM_GET_MSRS, self._msrs, "KVM_GET_MSRS", self._msr_count, self._short_msr_read)
         if part == "tsc_offset":
             return Step(lib.KVM_GET_DEVICE_ATTR, self._tsc_attr(), "KVM_GET_DEVICE_ATTR(KVM_VCPU_TSC_OFFSET)")
-        buf, _size, get, _put, name = self._blob(part)
+        buf, _size, get, _put, name, _set_name = self._blob(part)
         return Step(get, buf, name)
 
     def part_bytes(self, part: str) -> bytes:
@@ -322,7 +211,7 @@ class Vcpu:
         if part == "msrs":
             blob: bytes = self._msr_view[:]
             return blob
-        buf, size, _get, _put, _name = self._blob(part)
+        buf, size, *_ = self._blob(part)
         data: bytes = ffi.buffer(buf, size)[:]
         return data
 
@@ -347,8 +236,8 @@ class Vcpu:
             return Step(lib.KVM_SET_MSRS, one, "KVM_SET_MSRS(IA32_TSC_DEADLINE)", 1)
         if part == "tsc_offset":
             return Step(lib.KVM_SET_DEVICE_ATTR, self._tsc_attr(), "KVM_SET_DEVICE_ATTR(KVM_VCPU_TSC_OFFSET)")
-        buf, _size, _get, put, name = self._blob(part)
-        return Step(put, buf, name.replace("KVM_GET_", "KVM_SET_").replace("XSAVE2", "XSAVE"))
+        buf, _size, _get, put, _get_name, name = self._blob(part)
+        return Step(put, buf, name)
 
     def load_part(self, part: str, value: bytes | int, msr_index: int = 0) -> None:
         """Fill the buffer set_step(part) writes from. "tsc_deadline" takes the value, with `msr_index`."""
@@ -366,11 +255,9 @@ class Vcpu:
             one.entries[0].data = int(value)
         else:
             assert isinstance(value, bytes | bytearray | memoryview)
-            buf, size, _get, _put, name = self._blob(part)
+            buf, size, _get, _put, _get_name, name = self._blob(part)
             if len(value) != size:
-                raise KvmError(
-                    name.replace("GET", "SET"), errno.EINVAL, f"state blob is {len(value)} bytes, expected {size}"
-                )
+                raise KvmError(name, errno.EINVAL, f"state blob is {len(value)} bytes, expected {size}")
             ffi.memmove(buf, value, size)
 
     def _msrs_to_write(self, count: int, spare: bool = False) -> CData:
@@ -406,15 +293,6 @@ class Vcpu:
 
     def has_tsc_offset_attr(self) -> bool:
         return bool(lib.hs_ioctl_ptr(self.fd, lib.KVM_HAS_DEVICE_ATTR, self._tsc_attr()) == 0)
-
-    def get_tsc_offset(self) -> int:
-        ioctl(self.fd, lib.KVM_GET_DEVICE_ATTR, self._tsc_attr(), "KVM_GET_DEVICE_ATTR(KVM_VCPU_TSC_OFFSET)")
-        return int(self._u64[0])
-
-    def set_tsc_offset(self, offset: int) -> None:
-        attr = self._tsc_attr()
-        self._u64[0] = offset & 0xFFFF_FFFF_FFFF_FFFF
-        ioctl(self.fd, lib.KVM_SET_DEVICE_ATTR, attr, "KVM_SET_DEVICE_ATTR(KVM_VCPU_TSC_OFFSET)")
 
     def get_tsc_khz(self) -> int:
         rc: int = lib.hs_ioctl_int(self.fd, lib.KVM_GET_TSC_KHZ, 0)

@@ -111,7 +111,7 @@ def prepare(vcpu: Vcpu, msr_indices: Iterable[int]) -> None:
     others = len([index for index in indices if index != MSR_IA32_TSC_DEADLINE])
     for deadline in (False, True):
         _restore_batch(vcpu, others, deadline)
-    vcpu.batches["capture"] = IoctlBatch(vcpu.fd, [vcpu.get_step(part) for part in CAPTURE_ORDER])
+    _capture_batch(vcpu)
 
 
 # Every ioctl of a capture, and of a restore, runs in one C call (kvm/batch.py), in these orders.
@@ -123,10 +123,7 @@ RESTORE_ORDER = ("mp_state", "regs", "sregs", "xsave", "xcrs", "debugregs", "lap
 
 def capture(vcpu: Vcpu) -> VcpuState:
     """Read the whole state of a paused vCPU (order explained in the module docstring)."""
-    batch = vcpu.batches.get("capture")
-    if batch is None:
-        batch = vcpu.batches["capture"] = IoctlBatch(vcpu.fd, [vcpu.get_step(part) for part in CAPTURE_ORDER])
-    batch.run()
+    _capture_batch(vcpu).run()
     blob = vcpu.part_bytes
     return VcpuState(
         vcpu.id,
@@ -158,6 +155,14 @@ def restore(vcpu: Vcpu, state: VcpuState) -> None:
     if deadline:
         load("tsc_deadline", deadline, MSR_IA32_TSC_DEADLINE)
     batch.run()
+
+
+def _capture_batch(vcpu: Vcpu) -> IoctlBatch:
+    """The capture's ioctls, built once per vCPU (by prepare(), before any pause)."""
+    batch = vcpu.batches.get("capture")
+    if batch is None:
+        batch = vcpu.batches["capture"] = IoctlBatch(vcpu.fd, [vcpu.get_step(part) for part in CAPTURE_ORDER])
+    return batch
 
 
 def _restore_batch(vcpu: Vcpu, msr_count: int, deadline: bool) -> IoctlBatch:

@@ -10,11 +10,11 @@
       capture VM, devices
       STATE ------------------------------->  restore VM, devices; take the token; resume vCPUs
       <----------------------------- RESUMED  its timings
+      reply to the user, exit 0
 
 The phases of the report overlap in protocol 4: "capture" ends when STATE is ready, "transfer" ends when the
 successor has it, "restore" is what remained to restore then (the vCPUs were restored meanwhile; the successor's
 "restore_detail_us" has their times).
-      reply to the user, exit 0
 
 Whoever takes the ownership token (handover/ownership.py) runs the guest. On any failure (ERROR, a timeout, the
 successor dying) the old VMM takes the token, kills the successor, waits for it to be gone, resumes the guest here
@@ -177,7 +177,7 @@ class _Session:
             machine.devices.quiesce()
             quiesced = now_ns()
             # The vCPUs first, in a message of their own: the successor restores them while we capture the rest.
-            vcpus = pack_part({"vcpus": list(machine.capture_vcpus())})
+            vcpus = pack_part({"vcpus": machine.capture_vcpus()})
             wire.send(MessageType.STATE_VCPUS, mangle_state(vcpus, generation, "vcpus"))
             fault_point("sender", generation, "after_vcpus")
             blob = pack_part(machine.capture_platform(console_since=console_mark))

@@ -137,8 +137,8 @@ class _Successor:
             fault_point("successor", self.generation, "after_config")
             gc.collect()
             gc.disable()  # no collection inside the guest's pause window
-            if not priority.foreground_all_threads():  # we started at background priority (sender.py)
-                self.log.warning("handover.priority", reason="threads could not be moved back to nice 0")
+            if not priority.foreground_all_threads():  # a pinned VMM started us SCHED_IDLE (sender.py)
+                self.log.warning("handover.priority", reason="threads could not leave SCHED_IDLE")
             priority.boost()  # from here to RESUMED we are on the window's critical path (priority.py)
             self._window_placement()
             wire.send(MessageType.READY, encode(prepare))

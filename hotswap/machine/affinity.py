@@ -92,27 +92,6 @@ def pin_this_thread(cpus: CpuSet, what: str) -> bool:
     return True
 
 
-KVM_WORKER_PREFIX = "kvm-"  # e.g. kvm-nx-lpage-recovery, which KVM starts at a VM's first KVM_RUN
-
-
-def move_kvm_workers(cpus: CpuSet) -> None:
-    """Move the tasks KVM runs on behalf of our VM to `cpus`.
-
-    KVM starts its NX huge page recovery worker as a task of this process at the first KVM_RUN, with the running
-    vCPU thread's CPUs. It does the VM's teardown when the VMM exits, which after an upgrade took 3 ms of the
-    successor's vCPU CPU (measured with ftrace sched events); on the VMM CPUs it takes nobody's."""
-    if not cpus:
-        return
-    tasks = f"/proc/{os.getpid()}/task"
-    for tid in os.listdir(tasks):
-        try:
-            with open(f"{tasks}/{tid}/comm") as file:
-                if file.read().startswith(KVM_WORKER_PREFIX):
-                    os.sched_setaffinity(int(tid), cpus)
-        except OSError:
-            pass  # gone meanwhile, or a task that cannot be moved: it stays where KVM put it
-
-
 def follow_process(pid: int, base: frozenset[int]) -> bool:
     """Run the calling process on the CPUs VMM `pid`'s main thread may use, within `base` (the CPUs the caller
     started with): a `hotswap upgrade` then runs on the VMM's `--vmm-cpus`, away from its guest's vCPUs. When the

@@ -283,7 +283,7 @@ class Machine:
         """The state tree of the paused guest (DESIGN.md "State"); `console_since`: see DeviceSet.save."""
         return {"vcpus": self.capture_vcpus(), **self.capture_platform(console_since)}
 
-    def capture_vcpus(self) -> list[dict[str, Any]]:
+    def capture_vcpus(self) -> list[Any]:
         """The tree's "vcpus" (read first: a handover sends them ahead of the rest)."""
         return [vcpu_state.capture(t.vcpu).to_dict() for t in self.vcpu_threads]
 

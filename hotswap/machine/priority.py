@@ -1,11 +1,11 @@
-"""Real-time priority for the threads that carry a guest's pause window.
+"""Real-time priority for the threads that carry a guest's pause window, idle priority for an upgrade's helpers.
 
 On a busy host a thread woken inside the window (the successor receiving STATE, a vCPU thread released by the gate)
 waits for a time slice behind every CPU-bound process: measured here, that turned a ~1 ms handover into 10+ ms. So
 the threads on the window's critical path run SCHED_FIFO while they wait for and do that work, and drop back to
 normal scheduling before the guest's own code runs again (a vCPU never runs guest code at real-time priority).
 Needs CAP_SYS_NICE (root); without it everything runs at normal priority and nothing else changes.
-HOTSWAP_RT=0 in the VMM's environment turns it off (to measure what it buys).
+HOTSWAP_RT=0 in the VMM's environment turns both off (to measure what they buy).
 """
 
 from __future__ import annotations
@@ -16,9 +16,13 @@ import resource
 PRIORITY = 10  # above every SCHED_OTHER thread, far below the kernel's own real-time threads (50, 99)
 
 
+def _enabled() -> bool:
+    return os.environ.get("HOTSWAP_RT") != "0"
+
+
 def boost() -> bool:
     """Move the calling thread to SCHED_FIFO; False when not permitted or turned off (then nothing changed)."""
-    if os.environ.get("HOTSWAP_RT") == "0":
+    if not _enabled():
         return False
     try:
         os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(PRIORITY))
@@ -46,10 +50,6 @@ def unboost() -> None:
 # instead of 11 ms (bench.upgrade, both noisy), so unpinned helpers keep normal priority. A successor's threads go
 # back to SCHED_OTHER before READY (its vCPU threads, which inherit the policy of the thread that creates them,
 # never run guest code in it).
-
-
-def _enabled() -> bool:
-    return os.environ.get("HOTSWAP_RT") != "0"
 
 
 def can_restore_priority() -> bool:

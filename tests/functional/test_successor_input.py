@@ -168,9 +168,10 @@ class OldVmm:
             self.fds().flat() if fds is None else fds,
         )
 
-    def ready(self) -> None:
+    def ready(self, protocol: int = PROTOCOL_VERSION) -> None:
+        """HELLO, CONFIG of `protocol` (3 or 4: both carry the token), READY."""
         self.hello()
-        self.send_config()
+        self.send_config(payload=encode(self.config_message(protocol=protocol)))
         self.channel.recv(REPLY_TIMEOUT, {MessageType.READY})
 
     def state_blob(self) -> bytes:
@@ -403,9 +404,7 @@ def close_after_state(old: OldVmm) -> None:
 
 def state_after_take_back_protocol_3(old: OldVmm) -> None:
     """Protocol 3: the whole state in STATE; the guest taken back meanwhile."""
-    old.hello()
-    old.send_config(payload=encode(old.config_message(protocol=3)))
-    old.channel.recv(REPLY_TIMEOUT, {MessageType.READY})
+    old.ready(protocol=3)
     old.take_back()
     old.channel.send(MessageType.STATE, old.state_blob())
 
@@ -575,9 +574,7 @@ def test_the_checks_see_a_successor_that_runs_the_guest(offer: Offer, tmp_path: 
             old.channel.recv(REPLY_TIMEOUT, {MessageType.RESUMED})
             assert not old.ownership.take(), "the successor runs the guest without holding the token"
         elif protocol == 3:
-            old.hello()
-            old.send_config(payload=encode(old.config_message(protocol=3)))
-            old.channel.recv(REPLY_TIMEOUT, {MessageType.READY})
+            old.ready(protocol=3)
             old.channel.send(MessageType.STATE, old.state_blob())
             old.channel.recv(REPLY_TIMEOUT, {MessageType.RESUMED})
             assert not old.ownership.take(), "the successor runs the guest without holding the token"
