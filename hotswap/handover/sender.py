@@ -29,6 +29,7 @@ import socket
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from hotswap import __version__, log
@@ -110,6 +111,16 @@ def hand_over(vmm: Vmm, action: Upgrade) -> dict[str, Any]:
         channel.close()
 
 
+@dataclass
+class _Sent:
+    """What the window's work did, and when (CLOCK_MONOTONIC ns)."""
+
+    quiesced: int = 0
+    captured: int = 0
+    vcpus: bytes = b""
+    platform: bytes = b""
+
+
 class _Session:
     """One handover attempt; knows how to roll back until it commits."""
 
@@ -121,7 +132,6 @@ class _Session:
         self.process = process
         self.log = logger
         self.paused = False
-        self.boosted = False
         self.console_stopped = False
         self.ownership = OwnershipToken.create()
 
@@ -169,21 +179,26 @@ class _Session:
 
             # ---- the pause window: only quiesce, capture, transfer, restore, resume ----
             gc.disable()  # a collection inside the window would add milliseconds for nothing
-            self.boosted = priority.boost()  # no waiting for a time slice inside the window (priority.py)
+            sent = _Sent()
+
+            def capture_and_send() -> None:
+                """Run by the vCPU thread that stops last (Machine.pause): the window's work starts on the CPU
+                that just ran the guest, with nobody to wake up first."""
+                fault_point("sender", generation, "after_pause")
+                machine.devices.quiesce()
+                sent.quiesced = now_ns()
+                # The vCPUs first, in a message of their own: the successor restores them while we capture the rest.
+                sent.vcpus = pack_part({"vcpus": machine.capture_vcpus()})
+                wire.send(MessageType.STATE_VCPUS, mangle_state(sent.vcpus, generation, "vcpus"))
+                fault_point("sender", generation, "after_vcpus")
+                sent.platform = pack_part(machine.capture_platform(console_since=console_mark))
+                sent.captured = now_ns()
+                wire.send(MessageType.STATE, mangle_state(sent.platform, generation))
+                fault_point("sender", generation, "after_state")
+
             pause_requested = now_ns()
-            window = machine.pause()
-            self.paused = True
-            fault_point("sender", generation, "after_pause")
-            machine.devices.quiesce()
-            quiesced = now_ns()
-            # The vCPUs first, in a message of their own: the successor restores them while we capture the rest.
-            vcpus = pack_part({"vcpus": machine.capture_vcpus()})
-            wire.send(MessageType.STATE_VCPUS, mangle_state(vcpus, generation, "vcpus"))
-            fault_point("sender", generation, "after_vcpus")
-            blob = pack_part(machine.capture_platform(console_since=console_mark))
-            captured = now_ns()
-            wire.send(MessageType.STATE, mangle_state(blob, generation))
-            fault_point("sender", generation, "after_state")
+            self.paused = True  # from here a rollback resumes the guest
+            window = machine.pause(then=capture_and_send)
             resumed = decode(wire.recv(RESUME_TIMEOUT).payload)  # RESUMED: the successor took the guest and runs it
         except (WireError, HotswapError, OSError, ValueError) as exc:
             reason = self._describe_failure(exc)
@@ -207,9 +222,7 @@ class _Session:
             ready_at,
             pause_requested,
             window,
-            quiesced,
-            captured,
-            len(vcpus) + len(blob),
+            sent,
             resumed,
         )
         self.log.info("upgrade.done", **{k: v for k, v in result.items() if not isinstance(v, dict)})
@@ -217,18 +230,12 @@ class _Session:
 
     def _handed_over(self) -> None:
         """The successor owns the guest: stop our threads without touching it, and never resume it here."""
-        self.unboost()
         if pinned(self.machine):  # what is left here (stopping threads, replying, exiting) can wait
             priority.background_all_threads()
         self.machine.abandon()
         self.vmm.mark_handed_over()
         self.ownership.close()
         gc.enable()
-
-    def unboost(self) -> None:
-        if self.boosted:
-            priority.unboost()
-            self.boosted = False
 
     def _describe_failure(self, exc: BaseException) -> str:
         if isinstance(exc, RemoteError):
@@ -255,7 +262,6 @@ class _Session:
             self.machine.devices.resume()
         elif self.console_stopped:
             self.machine.console.start()
-        self.unboost()
         self.ownership.close()
         gc.enable()
         self.vmm.api.start()
@@ -270,9 +276,7 @@ def _result(
     ready_at: int,
     pause_requested: int,
     window: Any,
-    quiesced: int,
-    captured: int,
-    state_bytes: int,
+    sent: _Sent,
     resumed: Any,
 ) -> dict[str, Any]:
     def us(a: int, b: int) -> int:
@@ -291,15 +295,15 @@ def _result(
         "generation": session.machine.generation + 1,
         "mode": "transfer",
         "downtime_us": us(window.first_paused_ns, resumed_at),
-        "state_bytes": state_bytes,
+        "state_bytes": len(sent.vcpus) + len(sent.platform),
         "guest_memory_copied_bytes": 0,  # memfds are shared, never copied
         "phases_us": {
             "successor_start": us(started, hello_at),
             "prepare": us(hello_at, ready_at),
             "pause": us(pause_requested, window.last_paused_ns),
-            "quiesce": us(window.last_paused_ns, quiesced),
-            "capture": us(quiesced, captured),
-            "transfer": us(captured, state_received),
+            "quiesce": us(window.last_paused_ns, sent.quiesced),
+            "capture": us(sent.quiesced, sent.captured),
+            "transfer": us(sent.captured, state_received),
             "restore": us(state_received, restored),
             "commit": us(restored, committed),
             "resume": us(committed, resumed_at),

@@ -12,6 +12,7 @@ import os
 import select
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,7 @@ from hotswap.boot.ram import split_ram
 from hotswap.config import MachineConfig
 from hotswap.errors import HotswapError
 from hotswap.machine.affinity import online_cpus, pin_this_thread
+from hotswap.machine.after_pause import AfterPause
 from hotswap.machine.boot_cpu import apply_boot_plan
 from hotswap.machine.console import Console, ConsoleFds
 from hotswap.machine.devices import DeviceSet
@@ -184,17 +186,21 @@ class Machine:
         self.devices.resume()
 
     # -- control ----------------------------------------------------------------------------------------------
-    def pause(self) -> PauseWindow:
-        """Stop every vCPU (all kicked at once, then waited for)."""
+    def pause(self, then: Callable[[], None] | None = None) -> PauseWindow:
+        """Stop every vCPU (all kicked at once, then waited for). `then` runs once all are stopped, before this
+        returns, on the thread of the vCPU that stopped last (after_pause.py); what it raises is raised here."""
         with self._control:
             self._gate.close()
+            after = AfterPause(then, len(self.vcpu_threads)) if then is not None else None
             for thread in self.vcpu_threads:
-                thread.request_pause()
+                thread.request_pause(after)
             for thread in self.vcpu_threads:
-                if not thread.wait_paused(PAUSE_TIMEOUT):
+                if not thread.wait_paused(PAUSE_TIMEOUT) and not (after is not None and after.started):
                     raise HotswapError(f"vCPU {thread.index} did not pause within {PAUSE_TIMEOUT} s")
             if self.state is RunState.RUNNING:
                 self.state = RunState.PAUSED
+            if after is not None:
+                after.finish()
             stamps = [t.paused_at_ns for t in self.vcpu_threads]
             return PauseWindow(min(stamps), max(stamps))
 

@@ -18,6 +18,7 @@ from collections.abc import Callable
 
 from hotswap.machine import priority
 from hotswap.machine.affinity import pin_this_thread
+from hotswap.machine.after_pause import AfterPause
 from hotswap.machine.exit_handler import ExitBus, Stop, handle_exit
 from hotswap.machine.signal_fd import Gate, SignalFd
 from hotswap.proctitle import set_thread_name
@@ -68,6 +69,7 @@ class VcpuThread:
         self._on_running = on_running
         self._cpus = cpus
         self._pause_requested = False
+        self._after_pause: AfterPause | None = None
         self._quit = False
         self._paused = SignalFd()
         self._thread = threading.Thread(target=self._loop, name=f"vcpu{vcpu.id}", daemon=True)
@@ -87,8 +89,10 @@ class VcpuThread:
         self._thread.start()
 
     # -- pause / resume (called from the controlling thread, with the gate closed) ----------------------------
-    def request_pause(self) -> None:
-        """Ask the vCPU to stop; wait_paused() waits for it. Split so several vCPUs stop in parallel."""
+    def request_pause(self, after: AfterPause | None = None) -> None:
+        """Ask the vCPU to stop; wait_paused() waits for it. Split so several vCPUs stop in parallel. `after`:
+        told when this vCPU parks (the last one runs its work before it reports paused)."""
+        self._after_pause = after
         self._pause_requested = True
         self.vcpu.immediate_exit = True
         ident = self._ident
@@ -160,10 +164,16 @@ class VcpuThread:
 
     def _park(self) -> None:
         self.paused_at_ns = now_ns()
-        self._paused.set()  # first: the controlling thread starts capturing while we boost
+        after, self._after_pause = self._after_pause, None
+        if after is None:
+            self._paused.set()  # first: the controlling thread starts capturing while we boost
         # Parked at real-time priority, so that on a busy host the release is not followed by a wait for a time
-        # slice; back to normal before any guest code runs (hotswap/machine/priority.py).
+        # slice; back to normal before any guest code runs (hotswap/machine/priority.py). The work after a pause
+        # is on the guest's critical path too.
         boosted = priority.boost()
+        if after is not None:
+            after.vcpu_parked()
+            self._paused.set()
         while self._pause_requested and not self._quit:
             self._gate.wait()
         self.resumed_at_ns = now_ns()
