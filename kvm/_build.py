@@ -244,6 +244,15 @@ int hs_munmap(void *addr, size_t length);
 int hs_madvise(void *addr, size_t length, int advice);
 int hs_install_kick_handler(int signo);
 size_t hs_run_union_offset(void);
+int hs_spin_readable(int fd, long long max_ns);
+struct hs_park {
+    int gate_fd; int wake_fd; int done_fd; int batch_fd;
+    const struct hs_ioctl_step *steps; int count;
+    int done; int rc;
+    long long spin_ns; long long ran_ns;
+};
+int hs_park(struct hs_park *park);
+int hs_open_and_wait(int gate_fd, int counter_fd, int count, int timeout_ms);
 
 /* views of the kvm_run exit union; offsets computed by the compiler */
 struct hs_exit_io { uint8_t direction; uint8_t size; uint16_t port; uint32_t count; uint64_t data_offset; };
@@ -270,10 +279,14 @@ struct hs_exit_emulation_failure {
 
 SOURCE = r"""
 #include <errno.h>
+#include <poll.h>
+#include <sched.h>
 #include <stdint.h>
 #include <signal.h>
 #include <stddef.h>
 #include <string.h>
+#include <time.h>
+#include <unistd.h>
 #include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <linux/kvm.h>
@@ -312,10 +325,17 @@ static int hs_ioctl_ptr(int fd, unsigned long request, void *arg) {
    `expect` (-1: any non-negative value); returns that step's index, or `count` when all ran, with the step's
    return value (-errno on failure) in *rc. */
 struct hs_ioctl_step { unsigned long request; void *arg; int expect; };
+struct hs_park {
+    int gate_fd; int wake_fd; int done_fd; int batch_fd;
+    const struct hs_ioctl_step *steps; int count;
+    int done; int rc;
+    long long spin_ns; long long ran_ns;
+};
 static int hs_ioctl_batch(int fd, const struct hs_ioctl_step *steps, int count, int *rc) {
     for (int i = 0; i < count; i++) {
         int r = ioctl(fd, steps[i].request, steps[i].arg);
         *rc = r < 0 ? -errno : r;
+        if (steps[i].expect == -2) continue;  /* advisory: any result, errors too (kvm/batch.py ADVISORY) */
         if (r < 0 || (steps[i].expect >= 0 && r != steps[i].expect)) return i;
     }
     return count;
@@ -346,6 +366,70 @@ static int hs_install_kick_handler(int signo) {
     return sigaction(signo, &sa, NULL) < 0 ? -errno : 0;
 }
 static size_t hs_run_union_offset(void) { return offsetof(struct kvm_run, io); }
+/* Wait for fd to become readable without sleeping (no wake-up latency), for at most max_ns; between polls the
+   thread yields to runnable threads of its own priority. 1: readable, 0: timed out, -errno: poll failed. */
+static int hs_spin_readable(int fd, long long max_ns) {
+    struct pollfd want = { .fd = fd, .events = POLLIN };
+    struct timespec start, now;
+    clock_gettime(CLOCK_MONOTONIC, &start);
+    for (;;) {
+        int ready = poll(&want, 1, 0);
+        if (ready > 0) return 1;
+        if (ready < 0 && errno != EINTR) return -errno;
+        clock_gettime(CLOCK_MONOTONIC, &now);
+        if ((now.tv_sec - start.tv_sec) * 1000000000LL + (now.tv_nsec - start.tv_nsec) >= max_ns) return 0;
+        sched_yield();
+    }
+}
+
+/* Open a gate (write 1 to its eventfd) and wait, still without the GIL, until a semaphore eventfd was signalled
+   `count` times or timeout_ms passed: the threads released need the GIL at once, and a caller that took it back
+   between the two would make each of them wait for it. Returns how many signals arrived, or -errno. */
+static int hs_open_and_wait(int gate_fd, int counter_fd, int count, int timeout_ms) {
+    uint64_t value = 1;
+    if (write(gate_fd, &value, sizeof value) < 0) return -errno;
+    struct pollfd want = { .fd = counter_fd, .events = POLLIN };
+    struct timespec start, now;
+    clock_gettime(CLOCK_MONOTONIC, &start);
+    int seen = 0;
+    while (seen < count) {
+        clock_gettime(CLOCK_MONOTONIC, &now);
+        long long left = timeout_ms - ((now.tv_sec - start.tv_sec) * 1000LL + (now.tv_nsec - start.tv_nsec) / 1000000);
+        if (left <= 0) break;
+        int ready = poll(&want, 1, (int)left);
+        if (ready < 0 && errno != EINTR) return -errno;
+        while (seen < count && read(counter_fd, &value, sizeof value) == sizeof value) seen++;
+    }
+    return seen;
+}
+
+/* A parked thread's wait, without the GIL: returns 1 when gate_fd is readable (open), 2 when wake_fd was
+   signalled with no batch posted (work for the caller), -errno if poll failed. A posted batch (steps != NULL when
+   wake_fd is signalled) runs here: its result goes to done/rc and its duration to ran_ns, then done_fd is signalled
+   and, with spin_ns, the gate is polled without sleeping for that long before the thread sleeps again. */
+static int hs_park(struct hs_park *park) {
+    struct pollfd want[2] = { { .fd = park->gate_fd, .events = POLLIN }, { .fd = park->wake_fd, .events = POLLIN } };
+    uint64_t count;
+    for (;;) {
+        if (poll(want, 2, -1) < 0) {
+            if (errno == EINTR) continue;
+            return -errno;
+        }
+        if (want[0].revents & POLLIN) return 1;
+        if (!(want[1].revents & POLLIN)) continue;
+        if (read(park->wake_fd, &count, sizeof count) < 0 && errno != EAGAIN) return -errno;
+        if (park->steps == NULL) return 2;
+        struct timespec start, end;
+        clock_gettime(CLOCK_MONOTONIC, &start);
+        park->done = hs_ioctl_batch(park->batch_fd, park->steps, park->count, &park->rc);
+        clock_gettime(CLOCK_MONOTONIC, &end);
+        park->ran_ns = (end.tv_sec - start.tv_sec) * 1000000000LL + (end.tv_nsec - start.tv_nsec);
+        park->steps = NULL;
+        count = 1;
+        if (write(park->done_fd, &count, sizeof count) < 0) return -errno;
+        if (park->spin_ns > 0 && hs_spin_readable(park->gate_fd, park->spin_ns) == 1) return 1;
+    }
+}
 """
 
 ffibuilder = FFI()

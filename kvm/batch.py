@@ -15,6 +15,7 @@ from kvm._ffi import CData, ffi, lib
 from kvm.errors import KvmError
 
 ANY = -1  # a step that may return any non-negative value
+ADVISORY = -2  # a step whose result, even an error, does not matter (nothing after it depends on it)
 
 
 @dataclass(frozen=True)
@@ -41,12 +42,23 @@ class IoctlBatch:
             self._steps[index].expect = step.expect
         self._rc = ffi.new("int *")
 
+    @property
+    def steps(self) -> CData:
+        """The C array of steps (`struct hs_ioctl_step[]`), for C code that runs the batch itself (hs_park)."""
+        return self._steps
+
+    @property
+    def count(self) -> int:
+        return self._count
+
     def run(self) -> None:
         """Run every step in order; KvmError names the first that failed (and nothing after it ran)."""
-        done: int = lib.hs_ioctl_batch(self.fd, self._steps, self._count, self._rc)
+        self.check(lib.hs_ioctl_batch(self.fd, self._steps, self._count, self._rc), int(self._rc[0]))
+
+    def check(self, done: int, rc: int) -> None:
+        """Raise for the result of a run (C's: `done` steps succeeded, `rc` the last step's return or -errno)."""
         if done == self._count:
             return
-        rc = int(self._rc[0])
         name = self._names[done]
         if rc < 0:
             raise KvmError(name, -rc)

@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING
 
 from kvm._ffi import CData, ffi, ioctl, lib
-from kvm.batch import IoctlBatch, Step
+from kvm.batch import ADVISORY, IoctlBatch, Step
 from kvm.cpuid import CpuidEntry, CpuidLike, alloc_cpuid2, cpuid2_from_entries, entries_from_cpuid2
 from kvm.errors import KvmError
 from kvm.exits import INTERRUPTED, VcpuExit, decode_exit
@@ -236,6 +236,8 @@ class Vcpu:
             return Step(lib.KVM_SET_MSRS, one, "KVM_SET_MSRS(IA32_TSC_DEADLINE)", 1)
         if part == "tsc_offset":
             return Step(lib.KVM_SET_DEVICE_ATTR, self._tsc_attr(), "KVM_SET_DEVICE_ATTR(KVM_VCPU_TSC_OFFSET)")
+        if part == "kvmclock_ctrl":  # EINVAL without a kvm-clock page: nothing to tell the guest then
+            return Step(lib.KVM_KVMCLOCK_CTRL, ffi.NULL, "KVM_KVMCLOCK_CTRL", ADVISORY)
         buf, _size, _get, put, _get_name, name = self._blob(part)
         return Step(put, buf, name)
 
@@ -299,12 +301,3 @@ class Vcpu:
         if rc < 0:
             raise KvmError("KVM_GET_TSC_KHZ", -rc)
         return rc
-
-    def kvmclock_ctrl(self) -> bool:
-        """Tell the guest it was paused (no soft-lockup reports). False when the guest has no kvm-clock page."""
-        rc: int = lib.hs_ioctl_int(self.fd, lib.KVM_KVMCLOCK_CTRL, 0)
-        if rc == -errno.EINVAL:
-            return False
-        if rc < 0:
-            raise KvmError("KVM_KVMCLOCK_CTRL", -rc)
-        return True

@@ -5,13 +5,16 @@ Capture (every vCPU of the VM paused):
   Then REGS, SREGS, XSAVE(2), XCRS, DEBUGREGS, LAPIC, MSRs, the TSC offset, and VCPU_EVENTS last, so an exception or
   interrupt that became pending while we read the rest is still reported.
 Restore into a fresh vCPU (CPUID already set at creation, before the pause):
-  MP_STATE -> REGS -> SREGS -> XSAVE -> XCRS -> DEBUGREGS -> LAPIC -> TSC offset -> MSRs -> TSC_DEADLINE -> EVENTS.
+  MP_STATE -> REGS -> SREGS -> XSAVE -> XCRS -> DEBUGREGS -> LAPIC -> TSC offset -> MSRs -> TSC_DEADLINE -> EVENTS
+  -> KVMCLOCK_CTRL.
   - SET_REGS/SET_SREGS clear pending exceptions, so VCPU_EVENTS (which carries them) must come after both.
   - The LAPIC must be set before the MSRs: writing MSR_IA32_TSC_DEADLINE arms the LAPIC timer, which a later
     SET_LAPIC would reset and lose.
   - The TSC offset goes before TSC_DEADLINE: KVM turns the deadline into a host timer using the guest TSC at the
     moment of the write. Same host, same physical TSC: copying the offset makes the guest TSC run straight through.
   - TSC_DEADLINE is written last and alone; a zero deadline means "disarmed" and is not written at all.
+  - KVMCLOCK_CTRL at the very end tells the guest's kvm-clock it was stopped (no soft-lockup reports after the
+    pause); advisory: without a kvm-clock page it fails with EINVAL, which changes nothing.
 """
 
 from __future__ import annotations
@@ -118,7 +121,7 @@ def prepare(vcpu: Vcpu, msr_indices: Iterable[int]) -> None:
 CAPTURE_ORDER = ("mp_state", "regs", "sregs", "xsave", "xcrs", "debugregs", "lapic", "msrs", "tsc_offset",
                  "vcpu_events")  # fmt: skip
 RESTORE_ORDER = ("mp_state", "regs", "sregs", "xsave", "xcrs", "debugregs", "lapic", "tsc_offset", "msrs",
-                 "tsc_deadline", "vcpu_events")  # fmt: skip
+                 "tsc_deadline", "vcpu_events", "kvmclock_ctrl")  # fmt: skip
 
 
 def capture(vcpu: Vcpu) -> VcpuState:
@@ -142,19 +145,25 @@ def capture(vcpu: Vcpu) -> VcpuState:
 
 def restore(vcpu: Vcpu, state: VcpuState) -> None:
     """Write a captured state into a fresh, not yet running vCPU (order explained in the module docstring)."""
+    load(vcpu, state).run()
+
+
+def load(vcpu: Vcpu, state: VcpuState) -> IoctlBatch:
+    """Fill the restore's buffers from `state`; running the returned batch writes it into the vCPU (restore() runs
+    it at once; a successor has the vCPU's own thread run it)."""
     others, deadline = split_tsc_deadline(state.msrs)
     msr_count = len(others) // 16
     batch = _restore_batch(vcpu, msr_count, bool(deadline))
-    load = vcpu.load_part
-    load("mp_state", state.mp_state)
+    load_part = vcpu.load_part
+    load_part("mp_state", state.mp_state)
     for part in Vcpu.BLOB_PARTS:
-        load(part, getattr(state, part))
-    load("tsc_offset", state.tsc_offset)
+        load_part(part, getattr(state, part))
+    load_part("tsc_offset", state.tsc_offset)
     if msr_count:
-        load("msrs", others)
+        load_part("msrs", others)
     if deadline:
-        load("tsc_deadline", deadline, MSR_IA32_TSC_DEADLINE)
-    batch.run()
+        load_part("tsc_deadline", deadline, MSR_IA32_TSC_DEADLINE)
+    return batch
 
 
 def _capture_batch(vcpu: Vcpu) -> IoctlBatch:

@@ -28,7 +28,6 @@ from hotswap.handover.layout import HandoverFds, virtio_fds_for
 from hotswap.handover.ownership import OwnershipToken
 from hotswap.handover.session import TrackedChannel
 from hotswap.machine import priority
-from hotswap.machine.affinity import pin_this_thread
 from hotswap.machine.machine import Machine
 from hotswap.machine.virtio import virtio_specs
 from hotswap.state import (
@@ -119,7 +118,6 @@ class _Successor:
         self.console_history = b""
         self.step_timeout = DEFAULT_STEP_TIMEOUT  # how long we wait for STATE (and COMMIT): the old VMM's --timeout
         self.restore_detail: dict[str, int] = {}
-        self._left_vcpu_cpus = False
         self.log = log.get("handover").bind(side="successor")
 
     def run(self) -> int:
@@ -140,7 +138,6 @@ class _Successor:
             if not priority.foreground_all_threads():  # a pinned VMM started us SCHED_IDLE (sender.py)
                 self.log.warning("handover.priority", reason="threads could not leave SCHED_IDLE")
             priority.boost()  # from here to RESUMED we are on the window's critical path (priority.py)
-            self._window_placement()
             wire.send(MessageType.READY, encode(prepare))
             fault_point("successor", self.generation, "after_ready")
             vcpus_part = None
@@ -150,9 +147,6 @@ class _Successor:
                 vcpus_part = self._restore_vcpus_early(vcpus_message.payload)
                 if vcpus_part is None:
                     return exitcodes.ERROR
-                # Back to the VMM's CPUs now, while the old VMM still captures the rest there: we wait for STATE
-                # anyway, and the move is then out of the way of resuming the vCPUs on theirs.
-                self._leave_vcpu_cpus()
                 fault_point("successor", self.generation, "after_vcpus")
             state_message = wire.recv(self.step_timeout)
             state_received = now_ns()
@@ -177,8 +171,11 @@ class _Successor:
                 unpacked, early = vcpus_part
                 tree = join_parts([unpacked, unpack_part(state_message.payload)]).tree
                 self.restore_detail["unpack_us"] = (now_ns() - state_received) // 1000
-                restore = self.machine.restore_platform if early else self.machine.restore_state
-                self.restore_detail.update(restore(tree, console_prefix=history))
+                if early:
+                    self.restore_detail.update(self.machine.restore_platform(tree, console_prefix=history))
+                    self.restore_detail.update(self.machine.finish_vcpu_restore())
+                else:
+                    self.restore_detail.update(self.machine.restore_state(tree, console_prefix=history))
         except Exception as exc:
             self._refuse_state(exc)
             return exitcodes.ERROR
@@ -189,9 +186,9 @@ class _Successor:
         return self._wait_for_commit(state_received, restored)
 
     def _restore_vcpus_early(self, payload: bytes) -> tuple[Unpacked, bool] | None:
-        """Protocol 4's STATE_VCPUS: restore the vCPUs now, while the old VMM captures the rest. Returns the opened
-        part and whether its vCPUs are restored (a part of an older format waits for STATE, to be upgraded
-        whole), or None when it was refused."""
+        """Protocol 4's STATE_VCPUS: have the vCPU threads restore their vCPUs now, while the old VMM captures the
+        rest (Machine.start_vcpu_restore). Returns the opened part and whether its vCPUs are being restored (a
+        part of an older format waits for STATE, to be upgraded whole), or None when it was refused."""
         assert self.machine is not None
         started = now_ns()
         try:
@@ -201,7 +198,7 @@ class _Successor:
             if part.version != FORMATS.current:
                 return part, False
             self.restore_detail["vcpus_unpack_us"] = (now_ns() - started) // 1000
-            self.restore_detail.update(self.machine.restore_vcpus(part.tree["vcpus"]))
+            self.restore_detail.update(self.machine.start_vcpu_restore(part.tree["vcpus"]))
         except Exception as exc:
             self._refuse_state(exc)
             return None
@@ -215,21 +212,6 @@ class _Successor:
             self._refuse(ErrorCode.BAD_STATE, f"state rejected: {exc}")
         else:
             self._refuse(ErrorCode.RESTORE_FAILED, f"restore failed: {exc}")
-
-    def _window_placement(self) -> None:
-        """With pinned vCPUs, this thread may also use their CPUs until it resumes them: they idle during the
-        pause, and the restore then runs beside the old VMM's capture instead of after it (protocol 4)."""
-        assert self.machine is not None
-        config = self.machine.config
-        if config.vcpu_cpus:
-            pin_this_thread(tuple(sorted(set(config.vmm_cpus) | set(config.vcpu_cpus))), "successor window")
-
-    def _leave_vcpu_cpus(self) -> None:
-        """Undo _window_placement (once)."""
-        assert self.machine is not None
-        if self.machine.config.vcpu_cpus and not self._left_vcpu_cpus:
-            pin_this_thread(self.machine.config.vmm_cpus, "vmm")
-        self._left_vcpu_cpus = True
 
     def _take_ownership(self, state_received: int, restored: int) -> int:
         """Protocol 3: the guest is ours if we take the token before the old VMM takes it back."""
@@ -312,7 +294,6 @@ class _Successor:
     def _take_over(self, state_received: int, restored: int, committed: int, confirm: bool) -> int:
         """The guest is ours (token taken, or COMMIT received, or the old VMM is dead): run it."""
         assert self.machine is not None and self.vmm is not None
-        self._leave_vcpu_cpus()  # off the vCPUs' CPUs before they run (protocol 3 and older: not done yet)
         resumed = self.machine.resume()
         self.machine.devices.resume()
         gc.enable()

@@ -10,6 +10,8 @@ import os
 import select
 import time
 
+from kvm._ffi import lib
+
 
 def _poll_ms(deadline: float | None) -> int:
     return -1 if deadline is None else max(0, int((deadline - time.monotonic()) * 1000) + 1)
@@ -76,6 +78,17 @@ class Gate:
         if not self._open:
             self._open = True
             os.eventfd_write(self.fd, 1)
+
+    def open_and_wait(self, counter_fd: int, count: int, timeout: float) -> int:
+        """Open the gate and wait until the nonblocking semaphore eventfd `counter_fd` was signalled `count` times
+        (each released thread signals it) or `timeout` seconds passed; returns how many signals arrived. One C
+        call, without the GIL: the released threads need it at once, and taking it back in between would make
+        each of them wait for it (a wake-up across CPUs: 40-70 us on this host)."""
+        self._open = True
+        seen: int = lib.hs_open_and_wait(self.fd, counter_fd, count, int(timeout * 1000))
+        if seen < 0:
+            raise OSError(-seen, f"opening the vCPU gate: {os.strerror(-seen)}")
+        return seen
 
     def close(self) -> None:
         self._open = False
