@@ -188,10 +188,10 @@ def _restore_batch(vcpu: Vcpu, msr_count: int, deadline: bool) -> IoctlBatch:
 
 def split_tsc_deadline(msrs: bytes) -> tuple[bytes, int]:
     """(every MSR entry but TSC_DEADLINE, the TSC_DEADLINE value or 0)."""
-    indices = memoryview(msrs).cast("I")[0::4]  # the u32 index of each 16-byte entry
-    for position, index in enumerate(indices):
-        if index == MSR_IA32_TSC_DEADLINE:
-            start = 16 * position
-            (value,) = struct.unpack_from("<Q", msrs, start + 8)
-            return msrs[:start] + msrs[start + 16 :], int(value)
-    return msrs, 0
+    indices = memoryview(msrs).cast("I")[0::4].tolist()  # the u32 index of each 16-byte entry
+    try:
+        start = 16 * indices.index(MSR_IA32_TSC_DEADLINE)  # a C-level search: this runs inside the pause window
+    except ValueError:
+        return msrs, 0
+    (value,) = struct.unpack_from("<Q", msrs, start + 8)
+    return msrs[:start] + msrs[start + 16 :], int(value)
