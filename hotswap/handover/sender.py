@@ -5,10 +5,10 @@
       <------------------------------- HELLO  versions it speaks
       CONFIG + fds + ownership token ------>  builds VM, memslots, vCPUs, devices (guest still running here)
       <------------------------------- READY
-      pause vCPUs, quiesce devices, capture vCPUs
-      STATE_VCPUS ------------------------->  restore vCPUs (while the old VMM captures the rest)
-      capture VM, devices
-      STATE ------------------------------->  restore VM, devices; take the token; resume vCPUs
+      pause vCPUs; on the thread of the vCPU that stopped last: quiesce devices, capture vCPUs,
+      STATE_VCPUS ------------------------->  each vCPU thread restores its vCPU (while the old VMM captures
+      capture VM, devices                     the rest and the main thread goes on)
+      STATE ------------------------------->  restore VM, devices; wait for the vCPUs; take the token; resume
       <----------------------------- RESUMED  its timings
       reply to the user, exit 0
 

@@ -7,6 +7,10 @@ while paused is consistent (the KVM API documents this for immediate_exit); one 
 nothing to complete and parks at once (that re-entry cost ~40 us of every pause). The thread then waits at the
 machine's gate; its vCPU is touched by other threads only while it is parked there. Resuming opens the gate:
 one eventfd write releases every vCPU at once.
+
+Parked, the thread can do work for the machine: the last vCPU to stop runs the work after a pause (a handover's
+capture and send, after_pause.py), and a parked thread runs what is posted to it (a successor's vCPU restore, as
+an ioctl batch in C). Both keep the work on the CPU that runs the vCPU and spare a wake-up across CPUs.
 """
 
 from __future__ import annotations
