@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from typing import Any
@@ -14,15 +13,14 @@ from hotswap.api import client
 from hotswap.errors import ApiError
 from hotswap.machine import priority
 from hotswap.machine.affinity import follow_process
-
-_STARTED_ON = frozenset(os.sched_getaffinity(0))
+from hotswap.upgrade_placement import STARTED_ON
 
 
 def _request_upgrade(record: registry.VmRecord, args: argparse.Namespace) -> dict[str, Any]:
     # A VMM pinned with --vmm-cpus keeps its guest's vCPUs to themselves; this command's own work (waiting, then
     # printing and exiting while the new VMM settles) belongs on the VMM's CPUs too, below the VMM's own threads
     # (hotswap/machine/priority.py says why).
-    if follow_process(record.pid, _STARTED_ON):
+    if follow_process(record.pid, STARTED_ON):
         priority.background_all_threads()
     else:
         priority.foreground_all_threads()

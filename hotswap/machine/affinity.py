@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import os
 
-from hotswap import log
 from hotswap.errors import ConfigError
 
 CpuSet = tuple[int, ...]  # sorted, no duplicates; empty: not pinned
@@ -85,6 +84,8 @@ def pin_this_thread(cpus: CpuSet, what: str) -> bool:
     try:
         os.sched_setaffinity(0, cpus)
     except OSError as exc:
+        from hotswap import log  # here, not at the top: `hotswap upgrade` imports this module before logging's
+
         log.get("affinity").warning(
             "affinity.unavailable", what=what, cpus=format_cpu_list(cpus), error=exc.strerror or str(exc)
         )

@@ -116,3 +116,32 @@ def test_upgrade_command_follows_the_vmm_cpus() -> None:
     finally:
         sleeper.kill()
         sleeper.wait()
+
+
+PLACE_EARLY = (
+    "import os, sys; from hotswap.upgrade_placement import place_early; "
+    "placed = place_early(sys.argv[1:]); "
+    "print(placed, sorted(os.sched_getaffinity(0)), os.sched_getscheduler(0) == os.SCHED_IDLE)"
+)
+
+
+def test_upgrade_command_places_itself_before_its_imports(vm: GuestVm, guest_elf: Path) -> None:
+    """`hotswap upgrade NAME` of a pinned VMM moves onto the VMM's CPUs at idle priority first thing
+    (hotswap/upgrade_placement.py), before it imports the rest of hotswap; an unpinned one leaves it as it was."""
+    vmm_cpu, vcpu_cpu = two_cpus()
+    vm.start(guest_elf, guest_cmdline(status_ms=50), 1, "256M", "--vcpu-cpus", str(vcpu_cpu))
+    vm.wait_statuses(1)
+
+    def place(*argv: str) -> str:
+        env = {**os.environ, **vm.env}
+        return subprocess.run(
+            [sys.executable, "-c", PLACE_EARLY, *argv], capture_output=True, text=True, check=True, env=env
+        ).stdout.strip()
+
+    assert place("upgrade", vm.name) == f"True [{vmm_cpu}] True"
+    assert place("--log-level", "info", "upgrade", "--pid", str(vm.pid), "--json") == f"True [{vmm_cpu}] True"
+    everywhere = sorted(os.sched_getaffinity(0))
+    assert place("upgrade", "--all") == f"False {everywhere} False"
+    assert place("upgrade", "no-such-vm") == f"False {everywhere} False"
+    # And the real command still upgrades (its own placement per VM follows after parsing).
+    assert vm.upgrade()["generation"] == 2
