@@ -7,7 +7,7 @@ import os
 import sys
 from typing import Any
 
-from hotswap import exitcodes, log, registry, sdnotify
+from hotswap import exitcodes, heap, log, registry, sdnotify
 from hotswap.config import MachineConfig
 from hotswap.errors import HotswapError
 from hotswap.machine.machine import Machine
@@ -22,6 +22,7 @@ def start_vmm(config: MachineConfig) -> Vmm:
     try:
         machine = Machine.create(config)
         vmm = Vmm(machine, api_listener)
+        heap.settle()
         machine.boot()
         vmm.register()
         sdnotify.notify(ready=1, mainpid=os.getpid())  # Type=notify units: the guest is booting, we are up

@@ -164,6 +164,7 @@ def run_exec_image(image_fd: int) -> int:
     restored = now_ns()
     resumed = machine.resume()
     machine.devices.resume()
+    gc.freeze()  # what exists now lives as long as this VMM: out of every later collection's way (heap.py)
     gc.enable()
     vmm.register()
     result = {

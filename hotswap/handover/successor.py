@@ -20,7 +20,7 @@ import socket
 import time
 from typing import Any
 
-from hotswap import exitcodes, log, registry, sdnotify
+from hotswap import exitcodes, heap, log, registry, sdnotify
 from hotswap.config import MachineConfig
 from hotswap.errors import HotswapError
 from hotswap.handover.faults import fault_point
@@ -133,7 +133,7 @@ class _Successor:
                 self._refuse(ErrorCode.BAD_CONFIG, f"cannot build the machine: {exc}")
                 return exitcodes.ERROR
             fault_point("successor", self.generation, "after_config")
-            gc.collect()
+            heap.settle()  # the long-lived objects out of every later collection's way (heap.py)
             gc.disable()  # no collection inside the guest's pause window
             if not priority.foreground_all_threads():  # a pinned VMM started us SCHED_IDLE (sender.py)
                 self.log.warning("handover.priority", reason="threads could not leave SCHED_IDLE")
