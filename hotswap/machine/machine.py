@@ -334,7 +334,7 @@ class Machine:
         return {"vcpus_us": max(thread.wait_posted(PAUSE_TIMEOUT) for thread in self.vcpu_threads)}
 
     def restore_platform(self, tree: dict[str, Any], console_prefix: bytes = b"") -> dict[str, int]:
-        """Load "machine", "vm" and "devices", after restore_vcpus did the vCPUs."""
+        """Load "machine", "vm" and "devices", while (or after) start_vcpu_restore's threads restore the vCPUs."""
         started = time.perf_counter_ns()
         self._check_machine(tree["machine"])
         vm = vm_state_from_tree(tree["vm"])

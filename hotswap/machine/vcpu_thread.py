@@ -239,7 +239,9 @@ class VcpuThread:
 
     def wait_posted(self, timeout: float) -> int:
         """Wait for the posted work; returns how long it ran (us) or raises what it raised."""
-        if not select.select([self._done_fd], [], [], timeout)[0]:
+        done = select.poll()
+        done.register(self._done_fd, select.POLLIN)
+        if not done.poll(int(timeout * 1000)):
             raise HotswapError(f"vCPU {self.index}: work posted to its thread did not finish within {timeout} s")
         _drain(self._done_fd)
         batch = self._posted_batch
