@@ -11,19 +11,14 @@ from typing import Any
 from hotswap import __version__, exitcodes, registry
 from hotswap.api import client
 from hotswap.errors import ApiError
-from hotswap.machine import priority
-from hotswap.machine.affinity import follow_process
-from hotswap.upgrade_placement import STARTED_ON
+from hotswap.upgrade_placement import follow_vmm
 
 
 def _request_upgrade(record: registry.VmRecord, args: argparse.Namespace) -> dict[str, Any]:
     # A VMM pinned with --vmm-cpus keeps its guest's vCPUs to themselves; this command's own work (waiting, then
     # printing and exiting while the new VMM settles) belongs on the VMM's CPUs too, below the VMM's own threads
     # (hotswap/machine/priority.py says why).
-    if follow_process(record.pid, STARTED_ON):
-        priority.background_all_threads()
-    else:
-        priority.foreground_all_threads()
+    follow_vmm(record.pid)
     body: dict[str, Any] = {"mode": args.mode, "timeout": args.timeout}
     if args.executable:
         body["exec"] = args.executable

@@ -68,11 +68,19 @@ def place_early(argv: list[str]) -> bool:
     if target is None:
         return False
     try:
-        record = registry.find(name=target[0], pid=target[1])
-        if not follow_process(record.pid, STARTED_ON):
-            return False
-    except Exception:
+        pid = registry.find(name=target[0], pid=target[1]).pid
+    except Exception:  # no such VM, a bad record: the command says what is wrong, after parsing
         return False
-    if priority.can_restore_priority():
-        priority.background_all_threads()
-    return True
+    return follow_vmm(pid)
+
+
+def follow_vmm(pid: int) -> bool:
+    """Run this command where VMM `pid` runs its own threads: narrowed to its CPUs at idle priority when it is
+    pinned apart from its vCPUs, else on the CPUs it started with at normal priority (`--all` upgrades pinned
+    and unpinned VMMs in turn). True if narrowed."""
+    if follow_process(pid, STARTED_ON):
+        if priority.can_restore_priority():  # idle only where it can come back for an unpinned VMM after this one
+            priority.background_all_threads()
+        return True
+    priority.foreground_all_threads()
+    return False

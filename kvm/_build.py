@@ -244,7 +244,6 @@ int hs_munmap(void *addr, size_t length);
 int hs_madvise(void *addr, size_t length, int advice);
 int hs_install_kick_handler(int signo);
 size_t hs_run_union_offset(void);
-int hs_spin_readable(int fd, long long max_ns);
 struct hs_park {
     int gate_fd; int wake_fd; int done_fd; int batch_fd;
     const struct hs_ioctl_step *steps; int count;
@@ -403,10 +402,10 @@ static int hs_open_and_wait(int gate_fd, int counter_fd, int count, int timeout_
     return seen;
 }
 
-/* A parked thread's wait, without the GIL: returns 1 when gate_fd is readable (open), 2 when wake_fd was
-   signalled with no batch posted (work for the caller), -errno if poll failed. A posted batch (steps != NULL when
-   wake_fd is signalled) runs here: its result goes to done/rc and its duration to ran_ns, then done_fd is signalled
-   and, with spin_ns, the gate is polled without sleeping for that long before the thread sleeps again. */
+/* A parked thread's wait, without the GIL: returns 1 when gate_fd is readable (open), -errno if poll failed. A
+   batch posted to it (steps != NULL when wake_fd is signalled) runs here: its result goes to done/rc and its
+   duration to ran_ns, then done_fd is signalled and, with spin_ns, the gate is polled without sleeping for that
+   long before the thread sleeps again. */
 static int hs_park(struct hs_park *park) {
     struct pollfd want[2] = { { .fd = park->gate_fd, .events = POLLIN }, { .fd = park->wake_fd, .events = POLLIN } };
     uint64_t count;
@@ -418,7 +417,7 @@ static int hs_park(struct hs_park *park) {
         if (want[0].revents & POLLIN) return 1;
         if (!(want[1].revents & POLLIN)) continue;
         if (read(park->wake_fd, &count, sizeof count) < 0 && errno != EAGAIN) return -errno;
-        if (park->steps == NULL) return 2;
+        if (park->steps == NULL) continue;
         struct timespec start, end;
         clock_gettime(CLOCK_MONOTONIC, &start);
         park->done = hs_ioctl_batch(park->batch_fd, park->steps, park->count, &park->rc);

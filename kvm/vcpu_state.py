@@ -150,7 +150,8 @@ def restore(vcpu: Vcpu, state: VcpuState) -> None:
 
 def load(vcpu: Vcpu, state: VcpuState) -> IoctlBatch:
     """Fill the restore's buffers from `state`; running the returned batch writes it into the vCPU (restore() runs
-    it at once; a successor has the vCPU's own thread run it)."""
+    it at once; a successor has the vCPU's own thread run it). Capture reads into the same buffers: no capture of
+    this vCPU between the two."""
     others, deadline = split_tsc_deadline(state.msrs)
     msr_count = len(others) // 16
     batch = _restore_batch(vcpu, msr_count, bool(deadline))

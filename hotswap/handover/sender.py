@@ -49,7 +49,6 @@ from hotswap.wire.messages import PROTOCOL_VERSION, ErrorCode, MessageType
 from hotswap.wire.sender import Sender
 
 if TYPE_CHECKING:
-    from hotswap.machine.machine import Machine
     from hotswap.vmm import Vmm
 
 RESUME_TIMEOUT = 5.0  # seconds the paused guest waits for the successor to restore its state and resume it
@@ -57,11 +56,6 @@ RESUME_TIMEOUT = 5.0  # seconds the paused guest waits for the successor to rest
 
 def now_ns() -> int:
     return time.clock_gettime_ns(time.CLOCK_MONOTONIC)
-
-
-def pinned(machine: Machine) -> bool:
-    """The VMM runs apart from its vCPUs (--vcpu-cpus): its own CPUs can take idle-priority helpers."""
-    return bool(machine.config.vcpu_cpus)
 
 
 def successor_command(executable: str | None) -> list[str]:
@@ -100,7 +94,7 @@ def hand_over(vmm: Vmm, action: Upgrade) -> dict[str, Any]:
         raise UpgradeError(f"cannot start the successor {' '.join(command)}: {exc.strerror or exc}") from None
     theirs.close()
     # Its start-up and preparation are the upgrade's bulk of CPU time, none of it urgent: the guest goes first.
-    if pinned(machine):
+    if machine.vcpus_apart:
         priority.background_process(process.pid)
     consume("successor", generation + 1)  # that successor has its faults; a retry's successor runs clean
     channel = Channel(ours, peer=f"successor (pid {process.pid})")
@@ -230,7 +224,7 @@ class _Session:
 
     def _handed_over(self) -> None:
         """The successor owns the guest: stop our threads without touching it, and never resume it here."""
-        if pinned(self.machine):  # what is left here (stopping threads, replying, exiting) can wait
+        if self.machine.vcpus_apart:  # what is left here (stopping threads, replying, exiting) can wait
             priority.background_all_threads()
         self.machine.abandon()
         self.vmm.mark_handed_over()

@@ -164,18 +164,16 @@ class _Successor:
         try:
             history = self.console_history
             if vcpus_part is None:
-                tree = unpack(state_message.payload).tree
-                self.restore_detail["unpack_us"] = (now_ns() - state_received) // 1000
-                self.restore_detail.update(self.machine.restore_state(tree, console_prefix=history))
+                tree, early = unpack(state_message.payload).tree, False
             else:
                 unpacked, early = vcpus_part
                 tree = join_parts([unpacked, unpack_part(state_message.payload)]).tree
-                self.restore_detail["unpack_us"] = (now_ns() - state_received) // 1000
-                if early:
-                    self.restore_detail.update(self.machine.restore_platform(tree, console_prefix=history))
-                    self.restore_detail.update(self.machine.finish_vcpu_restore())
-                else:
-                    self.restore_detail.update(self.machine.restore_state(tree, console_prefix=history))
+            self.restore_detail["unpack_us"] = (now_ns() - state_received) // 1000
+            if early:  # the vCPU threads restore the vCPUs meanwhile
+                self.restore_detail.update(self.machine.restore_platform(tree, console_prefix=history))
+                self.restore_detail.update(self.machine.finish_vcpu_restore())
+            else:
+                self.restore_detail.update(self.machine.restore_state(tree, console_prefix=history))
         except Exception as exc:
             self._refuse_state(exc)
             return exitcodes.ERROR

@@ -96,13 +96,17 @@ class Machine:
             )
             for vcpu in platform.vcpus
         ]
-        # vCPU threads on CPUs of their own: they may poll instead of sleeping while the guest is paused
-        self._vcpus_apart = bool(config.vcpu_cpus) and not set(config.vcpu_cpus) & set(config.vmm_cpus)
         self.state = RunState.CREATED
         self.stop_reason: Stop | None = None
         self._stopped = threading.Event()
         self._control = threading.RLock()  # serialises pause/resume/capture/stop between API and handover
         self._log = log.get("machine")
+
+    @property
+    def vcpus_apart(self) -> bool:
+        """The vCPU threads have CPUs the VMM's other threads never use (--vcpu-cpus): parked vCPU threads may
+        poll there instead of sleeping, and an upgrade's helpers may run at idle priority on the VMM's CPUs."""
+        return bool(self.config.vcpu_cpus) and not set(self.config.vcpu_cpus) & set(self.config.vmm_cpus)
 
     # -- construction -----------------------------------------------------------------------------------------
     @classmethod
@@ -326,7 +330,7 @@ class Machine:
         started = time.perf_counter_ns()
         vcpus = self._parse_vcpus(saved)
         for thread, state in zip(self.vcpu_threads, vcpus, strict=True):
-            thread.post_batch(vcpu_state.load(thread.vcpu, state), spin_after=self._vcpus_apart)
+            thread.post_batch(vcpu_state.load(thread.vcpu, state), spin_after=self.vcpus_apart)
         return {"vcpus_parse_us": (time.perf_counter_ns() - started) // 1000}
 
     def finish_vcpu_restore(self) -> dict[str, int]:

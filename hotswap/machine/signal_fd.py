@@ -82,8 +82,8 @@ class Gate:
     def open_and_wait(self, counter_fd: int, count: int, timeout: float) -> int:
         """Open the gate and wait until the nonblocking semaphore eventfd `counter_fd` was signalled `count` times
         (each released thread signals it) or `timeout` seconds passed; returns how many signals arrived. One C
-        call, without the GIL: the released threads need it at once, and taking it back in between would make
-        each of them wait for it (a wake-up across CPUs: 40-70 us on this host)."""
+        call, without the GIL: the released threads need it at once, and taking it back in between made each of
+        them wait for it (measured here: token taken -> vCPUs resumed 49 -> 34 us p50)."""
         self._open = True
         seen: int = lib.hs_open_and_wait(self.fd, counter_fd, count, int(timeout * 1000))
         if seen < 0:

@@ -9,8 +9,8 @@ machine's gate; its vCPU is touched by other threads only while it is parked the
 one eventfd write releases every vCPU at once.
 
 Parked, the thread can do work for the machine: the last vCPU to stop runs the work after a pause (a handover's
-capture and send, after_pause.py), and a parked thread runs what is posted to it (a successor's vCPU restore, as
-an ioctl batch in C). Both keep the work on the CPU that runs the vCPU and spare a wake-up across CPUs.
+capture and send, after_pause.py), and a parked thread runs an ioctl batch posted to it, in C (a successor's vCPU
+restore). Both keep the work on the CPU that runs the vCPU and spare a wake-up across CPUs.
 """
 
 from __future__ import annotations
@@ -83,11 +83,8 @@ class VcpuThread:
         self._after_pause: AfterPause | None = None
         self._quit = False
         self._paused = SignalFd()
-        # Posted work (post / post_batch) and the parked wait, which runs in C without the GIL (hs_park).
-        self._posted: Callable[[], None] | None = None
+        # A batch posted to the parked thread (post_batch) and the parked wait, in C without the GIL (hs_park).
         self._posted_batch: IoctlBatch | None = None
-        self._posted_error: Exception | None = None
-        self._posted_us = 0
         self._wake_fd = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
         self._done_fd = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
         self._park_ctl = ffi.new("struct hs_park *")
@@ -199,11 +196,9 @@ class VcpuThread:
             self._paused.set()
         while self._pause_requested and not self._quit:
             # Sleeps (or polls, after a batch posted with spin_after) until the gate opens, running posted
-            # batches itself; returns 2 for posted Python work.
+            # batches itself.
             woke = lib.hs_park(self._park_ctl)
-            if woke == 2:
-                self._run_posted()
-            elif woke < 0:
+            if woke < 0:
                 raise KvmError("poll", -woke, "parked vCPU thread")
         self.resumed_at_ns = now_ns()
         if boosted:
@@ -214,55 +209,30 @@ class VcpuThread:
     # -- work on a parked vCPU's own thread ------------------------------------------------------------------
     # A successor restores each vCPU on the vCPU's own thread: on the CPU that will run it, in parallel with the
     # rest of the restore, and as a C batch, so it never waits for the GIL that the controlling thread holds.
-    def post(self, work: Callable[[], None]) -> None:
-        """Have the parked thread run `work`; wait_posted() waits for it."""
-        self._posted, self._posted_batch = work, None
-        self._park_ctl.steps = ffi.NULL
-        self._signal_posted()
-
     def post_batch(self, batch: IoctlBatch, spin_after: bool = False) -> None:
         """Have the parked thread run `batch` (its buffers filled), without the GIL; wait_posted() waits for it.
         With `spin_after` the thread then polls the gate for up to SPIN_AFTER_POSTED_NS instead of sleeping: only
         for a vCPU on a CPU of its own, where nothing else waits for that CPU while the guest is paused."""
-        self._posted, self._posted_batch = None, batch
+        self._posted_batch = batch
         ctl = self._park_ctl
         ctl.batch_fd = batch.fd
         ctl.count = batch.count
         ctl.spin_ns = SPIN_AFTER_POSTED_NS if spin_after else 0
         ctl.steps = batch.steps
-        self._signal_posted()
-
-    def _signal_posted(self) -> None:
         _drain(self._done_fd)
-        self._posted_error = None
         os.eventfd_write(self._wake_fd, 1)
 
     def wait_posted(self, timeout: float) -> int:
-        """Wait for the posted work; returns how long it ran (us) or raises what it raised."""
+        """Wait for the posted batch; returns how long it ran (us), or raises KvmError naming the step KVM
+        refused."""
         done = select.poll()
         done.register(self._done_fd, select.POLLIN)
         if not done.poll(int(timeout * 1000)):
-            raise HotswapError(f"vCPU {self.index}: work posted to its thread did not finish within {timeout} s")
+            raise HotswapError(f"vCPU {self.index}: the batch posted to its thread did not finish within {timeout} s")
         _drain(self._done_fd)
-        batch = self._posted_batch
-        if batch is not None:
-            batch.check(self._park_ctl.done, self._park_ctl.rc)
-            return int(self._park_ctl.ran_ns) // 1000
-        if self._posted_error is not None:
-            raise self._posted_error
-        return self._posted_us
-
-    def _run_posted(self) -> None:
-        work, self._posted = self._posted, None
-        started = time.perf_counter_ns()
-        try:
-            if work is not None:
-                work()
-        except Exception as exc:  # handed to the thread that waits for it
-            self._posted_error = exc
-        finally:
-            self._posted_us = (time.perf_counter_ns() - started) // 1000
-            os.eventfd_write(self._done_fd, 1)
+        assert self._posted_batch is not None, "wait_posted() without post_batch()"
+        self._posted_batch.check(self._park_ctl.done, self._park_ctl.rc)
+        return int(self._park_ctl.ran_ns) // 1000
 
     def _park_until_quit(self) -> None:
         self._paused.set()
