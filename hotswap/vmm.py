@@ -26,6 +26,7 @@ from hotswap.handover.sender import hand_over
 from hotswap.machine.exit_handler import Stop
 from hotswap.machine.machine import Machine, RunState
 from hotswap.proctitle import set_process_title
+from hotswap.quick_exit import leave_at_once
 
 
 class Vmm:
@@ -35,6 +36,7 @@ class Vmm:
         self._busy = threading.Lock()  # one state-changing action at a time (pause/resume/upgrade/shutdown)
         self._handed_over = threading.Event()
         self._upgrade_replied = threading.Event()
+        self._staged: registry.StagedRecord | None = None
         self._log = log.get("vmm")
 
     # -- the controller ---------------------------------------------------------------------------------------
@@ -98,9 +100,24 @@ class Vmm:
         return result
 
     # -- lifetime ---------------------------------------------------------------------------------------------
-    def register(self) -> None:
+    def _record(self) -> registry.VmRecord:
         config = self.machine.config
-        registry.write_record(registry.VmRecord(config.name, os.getpid(), config.api_socket, config.console_socket))
+        return registry.VmRecord(config.name, os.getpid(), config.api_socket, config.console_socket)
+
+    def stage_registration(self) -> None:
+        """A successor, before the guest's pause: write our record now, so that register() is one rename."""
+        self._staged = registry.stage_record(self._record())
+
+    def discard_registration(self) -> None:
+        """A successor that gives up: remove the record it staged."""
+        self._staged = None
+        registry.discard_staged(self.machine.config.name, os.getpid())
+
+    def register(self) -> None:
+        """Publish our record: from now `hotswap ls`, --name and --pid find this process."""
+        config = self.machine.config
+        staged, self._staged = self._staged, None
+        registry.publish_record(staged if staged is not None else registry.stage_record(self._record()))
         set_process_title(config.name, self.machine.generation)
         log.bind(vm=config.name, generation=self.machine.generation)
 
@@ -109,7 +126,8 @@ class Vmm:
         self.machine.request_stop(Stop("handover", "the guest now runs in a successor VMM"))
 
     def run(self) -> int:
-        """Serve until the guest stops or is handed over; returns the process exit status."""
+        """Serve until the guest stops (returns the process exit status) or is handed over (ends the process:
+        leave_at_once)."""
         self._install_signal_handlers()
         self.api.start()
         reason = None
@@ -118,7 +136,8 @@ class Vmm:
         if self._handed_over.is_set():
             self._upgrade_replied.wait(5.0)  # let the API thread finish telling the user how it went
             self._log.info("vmm.handed_over")
-            return exitcodes.OK
+            # Nothing to finalize: the successor holds its own copies of every fd and the registry record is its.
+            leave_at_once(exitcodes.OK)
         self._log.info("vmm.stopping", kind=reason.kind, detail=reason.detail)
         print(f"hotswap: {self.machine.config.name}: {reason.detail}", file=sys.stderr, flush=True)
         self.api.close()

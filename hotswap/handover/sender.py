@@ -32,7 +32,7 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from hotswap import __version__, log
+from hotswap import __version__, log, registry
 from hotswap.api.actions import Upgrade
 from hotswap.errors import ApiError, HotswapError, UpgradeError
 from hotswap.handover.faults import consume, fault_point, mangle_state
@@ -226,6 +226,8 @@ class _Session:
         """The successor owns the guest: stop our threads without touching it, and never resume it here."""
         if self.machine.vcpus_apart:  # what is left here (stopping threads, replying, exiting) can wait
             priority.background_all_threads()
+        else:  # unpinned, the guest's new vCPU may share a CPU with ours: never preempt it
+            priority.unboost_all_threads()
         self.machine.abandon()
         self.vmm.mark_handed_over()
         self.ownership.close()
@@ -259,6 +261,7 @@ class _Session:
         self.ownership.close()
         gc.enable()
         self.vmm.api.start()
+        registry.discard_staged(self.machine.config.name, self.process.pid)  # if it staged its record and died
 
 
 def _result(

@@ -284,6 +284,7 @@ class _Successor:
             booted_at_ns=get_field(message, "booted_at_ns", int),
         )
         self.vmm = Vmm(self.machine, socket.socket(fileno=layout.api_listener))
+        self.vmm.stage_registration()
         self.machine.warm_up()
         self.machine.start_paused()
         self.machine.loop.start()
@@ -327,6 +328,8 @@ class _Successor:
 
     def _discard(self) -> None:
         """Give up without ever having run the guest: drop our VM (the memfds are shared, not ours to clear)."""
+        if self.vmm is not None:
+            self.vmm.discard_registration()
         if self.machine is not None:
             self.machine.abandon()
             self.machine.platform.close()

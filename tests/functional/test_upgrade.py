@@ -48,6 +48,9 @@ def test_upgrade_hands_the_guest_to_a_new_process(vm: GuestVm, guest_elf: Path, 
     assert result["old_pid"] == old_pid and result["new_pid"] != old_pid
     assert result["generation"] == 2 and result["guest_memory_copied_bytes"] == 0
     assert result["downtime_us"] > 0
+    # The successor published its staged registry record before the command returned, and left nothing else.
+    assert json.loads((vm.run_dir / f"{vm.name}.json").read_text())["pid"] == result["new_pid"]
+    assert not list(vm.run_dir.glob("*.tmp")), "a staged registry record was left behind"
     # Protocol 4: the successor restored the vCPUs from STATE_VCPUS, ahead of the rest of the state.
     assert {"vcpus_unpack_us", "vcpus_parse_us", "vcpus_us"} <= set(result["restore_detail_us"])
     assert vmm_pids(vm) == [result["new_pid"]], "exactly one VMM must run the guest"

@@ -191,6 +191,12 @@ def assert_consistent(vm: GuestVm) -> list[Status]:
     return seen
 
 
+def assert_no_staged_record(vm: GuestVm) -> None:
+    """A successor stages its registry record before the pause; one that never took over leaves none behind."""
+    staged = sorted(p.name for p in vm.run_dir.glob("*.tmp"))
+    assert not staged, f"staged registry records left behind: {staged}"
+
+
 def assert_guest_frozen(vm: GuestVm, seconds: float = 1.0) -> None:
     """No VMM runs the guest: its console stays silent (it prints every 50 ms while it runs)."""
     before = vm.output()
@@ -236,6 +242,7 @@ def test_fault_during_upgrade(case: Case, faulty_vm: Callable[[str], GuestVm], g
         assert error.startswith(f"upgrade failed, the guest keeps running in pid {old_pid}: "), error
         assert re.search(case.reason, error), f"the reason does not say what happened ({case.reason!r}): {error}"
         assert vmm_pids(vm) == [old_pid], "the old VMM must be the only one left"
+        assert_no_staged_record(vm)  # what the dead or refused successor staged, the old VMM removed
         seen = assert_continues(vm, before)
         # The same VMM, the same environment: the retry succeeds only because the fault fired once (the old VMM
         # forgot its own fault once used, and its successor's when it started that successor: faults.consume).
@@ -270,6 +277,7 @@ def test_fault_during_upgrade(case: Case, faulty_vm: Callable[[str], GuestVm], g
         assert result.returncode == 0, result.stderr
         new_pid = json.loads(result.stdout)["new_pid"]
         assert vmm_pids(vm) == [new_pid]
+        assert_no_staged_record(vm)
         assert_continues(vm, before)
 
     elif outcome is Outcome.UPGRADED_THEN_DIED:
