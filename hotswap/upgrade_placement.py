@@ -5,7 +5,9 @@ guest should never wait for (hotswap/machine/priority.py says why). upgrade_cli 
 parsed its arguments, but by then it has spent ~0.1 s importing at normal priority on the VMM's CPU, which is where
 the guest saw its largest gaps of an upgrade: measured on the pinned 1-vCPU test guest, each upgrade's largest
 status-line gaps placed against its pause, 5 ms gaps (one GIL switch interval: an old-VMM thread holding the GIL
-was kept off its CPU) while the command started, 2.2 ms at most with the command at idle priority from here.
+was kept off its CPU) while the command started; with the command at idle priority from here, most upgrades'
+largest gap was 1.8-2.7 ms, though gaps of 5.5 ms remained (load on the VMM's CPU alone gives this nested host's
+guest such gaps: docs/design-notes.md, "Load on the other CPU alone").
 
 Best effort and cheap (standard library and two small hotswap modules): for an argument list it does not follow,
 `--all`, or a VM it cannot find, it does nothing and leaves it all to upgrade_cli, which places the command again

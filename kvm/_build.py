@@ -365,6 +365,9 @@ static int hs_install_kick_handler(int signo) {
     return sigaction(signo, &sa, NULL) < 0 ? -errno : 0;
 }
 static size_t hs_run_union_offset(void) { return offsetof(struct kvm_run, io); }
+static long long hs_ns_between(const struct timespec *from, const struct timespec *to) {
+    return (to->tv_sec - from->tv_sec) * 1000000000LL + (to->tv_nsec - from->tv_nsec);
+}
 /* Wait for fd to become readable without sleeping (no wake-up latency), for at most max_ns; between polls the
    thread yields to runnable threads of its own priority. 1: readable, 0: timed out, -errno: poll failed. */
 static int hs_spin_readable(int fd, long long max_ns) {
@@ -376,7 +379,7 @@ static int hs_spin_readable(int fd, long long max_ns) {
         if (ready > 0) return 1;
         if (ready < 0 && errno != EINTR) return -errno;
         clock_gettime(CLOCK_MONOTONIC, &now);
-        if ((now.tv_sec - start.tv_sec) * 1000000000LL + (now.tv_nsec - start.tv_nsec) >= max_ns) return 0;
+        if (hs_ns_between(&start, &now) >= max_ns) return 0;
         sched_yield();
     }
 }
@@ -393,7 +396,7 @@ static int hs_open_and_wait(int gate_fd, int counter_fd, int count, int timeout_
     int seen = 0;
     while (seen < count) {
         clock_gettime(CLOCK_MONOTONIC, &now);
-        long long left = timeout_ms - ((now.tv_sec - start.tv_sec) * 1000LL + (now.tv_nsec - start.tv_nsec) / 1000000);
+        long long left = timeout_ms - hs_ns_between(&start, &now) / 1000000;
         if (left <= 0) break;
         int ready = poll(&want, 1, (int)left);
         if (ready < 0 && errno != EINTR) return -errno;
@@ -422,7 +425,7 @@ static int hs_park(struct hs_park *park) {
         clock_gettime(CLOCK_MONOTONIC, &start);
         park->done = hs_ioctl_batch(park->batch_fd, park->steps, park->count, &park->rc);
         clock_gettime(CLOCK_MONOTONIC, &end);
-        park->ran_ns = (end.tv_sec - start.tv_sec) * 1000000000LL + (end.tv_nsec - start.tv_nsec);
+        park->ran_ns = hs_ns_between(&start, &end);
         park->steps = NULL;
         count = 1;
         if (write(park->done_fd, &count, sizeof count) < 0) return -errno;

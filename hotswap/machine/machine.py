@@ -29,7 +29,7 @@ from hotswap.machine.devices import DeviceSet
 from hotswap.machine.eventloop import EventLoop
 from hotswap.machine.exit_handler import Stop
 from hotswap.machine.platform import Platform, build_platform
-from hotswap.machine.signal_fd import Gate
+from hotswap.machine.signal_fd import Gate, drain
 from hotswap.machine.state_tree import machine_info_from_tree, vcpu_state_from_tree, vm_state_from_tree
 from hotswap.machine.vcpu_thread import VcpuThread
 from hotswap.machine.virtio import virtio_specs
@@ -219,7 +219,7 @@ class Machine:
         """Let every vCPU run again; returns CLOCK_MONOTONIC ns when the last one was back on its way into
         KVM_RUN (waited for, so a downtime measured to here is not cut short by threads still waking up)."""
         with self._control:
-            _drain(self._running)
+            drain(self._running)
             for thread in self.vcpu_threads:
                 thread.prepare_resume()
             # One write releases every vCPU; each signals _running on its way into KVM_RUN.
@@ -372,11 +372,3 @@ class Machine:
         vm_done = time.perf_counter_ns()
         self.devices.restore(devices, console_prefix)
         return {"vm_us": (vm_done - started) // 1000, "devices_us": (time.perf_counter_ns() - vm_done) // 1000}
-
-
-def _drain(fd: int) -> None:
-    try:
-        while True:
-            os.eventfd_read(fd)
-    except BlockingIOError:
-        pass

@@ -88,20 +88,20 @@ def background_all_threads() -> None:
 def unboost_all_threads() -> None:
     """Every real-time thread of this process back to SCHED_OTHER: an old VMM's parked vCPU threads, before they
     are woken to end (at real-time priority they would preempt the guest's vCPU in the successor)."""
-    for tid in _tids():
-        try:
-            if os.sched_getscheduler(tid) == os.SCHED_FIFO:
-                os.sched_setscheduler(tid, os.SCHED_OTHER, os.sched_param(0))
-        except OSError:
-            pass  # a thread that just ended, or no permission (then it was never boosted)
+    _normal_all_threads(os.SCHED_FIFO)  # a thread left behind was never boosted (no permission)
 
 
 def foreground_all_threads() -> bool:
     """Every thread of this process from SCHED_IDLE back to SCHED_OTHER; False if some could not be moved."""
+    return _normal_all_threads(os.SCHED_IDLE)
+
+
+def _normal_all_threads(policy: int) -> bool:
+    """Every thread of this process in `policy` to SCHED_OTHER; False if some could not be moved."""
     ok = True
     for tid in _tids():
         try:
-            if os.sched_getscheduler(tid) == os.SCHED_IDLE:
+            if os.sched_getscheduler(tid) == policy:
                 os.sched_setscheduler(tid, os.SCHED_OTHER, os.sched_param(0))
         except OSError:
             ok = ok and not os.path.exists(f"/proc/self/task/{tid}")  # a thread that just ended is fine

@@ -13,6 +13,15 @@ import time
 from kvm._ffi import lib
 
 
+def drain(fd: int) -> None:
+    """Read an eventfd until it is empty (a semaphore eventfd too); nonblocking fds only."""
+    try:
+        while True:
+            os.eventfd_read(fd)
+    except BlockingIOError:
+        pass
+
+
 def _poll_ms(deadline: float | None) -> int:
     return -1 if deadline is None else max(0, int((deadline - time.monotonic()) * 1000) + 1)
 
@@ -32,7 +41,7 @@ class SignalFd:
 
     def clear(self) -> None:
         self._set = False
-        self._drain()
+        drain(self.fd)
 
     def is_set(self) -> bool:
         return self._set
@@ -44,14 +53,8 @@ class SignalFd:
             if deadline is not None and time.monotonic() >= deadline:
                 return False
             self._poll.poll(_poll_ms(deadline))
-            self._drain()
+            drain(self.fd)
         return True
-
-    def _drain(self) -> None:
-        try:
-            os.eventfd_read(self.fd)
-        except BlockingIOError:
-            pass
 
     def close(self) -> None:
         if self.fd >= 0:
@@ -92,10 +95,7 @@ class Gate:
 
     def close(self) -> None:
         self._open = False
-        try:
-            os.eventfd_read(self.fd)
-        except BlockingIOError:
-            pass
+        drain(self.fd)
 
     def wait(self, timeout: float | None = None) -> bool:
         deadline = None if timeout is None else time.monotonic() + timeout

@@ -27,7 +27,7 @@ from hotswap.machine import priority
 from hotswap.machine.affinity import pin_this_thread
 from hotswap.machine.after_pause import AfterPause
 from hotswap.machine.exit_handler import ExitBus, Stop, handle_exit
-from hotswap.machine.signal_fd import Gate, SignalFd
+from hotswap.machine.signal_fd import Gate, SignalFd, drain
 from hotswap.proctitle import set_thread_name
 from kvm import KvmError, Vcpu
 from kvm._ffi import ffi, lib
@@ -219,7 +219,7 @@ class VcpuThread:
         ctl.count = batch.count
         ctl.spin_ns = SPIN_AFTER_POSTED_NS if spin_after else 0
         ctl.steps = batch.steps
-        _drain(self._done_fd)
+        drain(self._done_fd)
         os.eventfd_write(self._wake_fd, 1)
 
     def wait_posted(self, timeout: float) -> int:
@@ -229,7 +229,7 @@ class VcpuThread:
         done.register(self._done_fd, select.POLLIN)
         if not done.poll(int(timeout * 1000)):
             raise HotswapError(f"vCPU {self.index}: the batch posted to its thread did not finish within {timeout} s")
-        _drain(self._done_fd)
+        drain(self._done_fd)
         assert self._posted_batch is not None, "wait_posted() without post_batch()"
         self._posted_batch.check(self._park_ctl.done, self._park_ctl.rc)
         return int(self._park_ctl.ran_ns) // 1000
@@ -249,10 +249,3 @@ class VcpuThread:
     def join(self, timeout: float | None = None) -> None:
         if self._thread.is_alive():
             self._thread.join(timeout)
-
-
-def _drain(fd: int) -> None:
-    try:
-        os.eventfd_read(fd)
-    except BlockingIOError:
-        pass

@@ -143,5 +143,17 @@ def test_upgrade_command_places_itself_before_its_imports(vm: GuestVm, guest_elf
     everywhere = sorted(os.sched_getaffinity(0))
     assert place("upgrade", "--all") == f"False {everywhere} False"
     assert place("upgrade", "no-such-vm") == f"False {everywhere} False"
+    # The real entry (the installed `hotswap` script and `python -m hotswap`) places itself before parsing:
+    # `--help` ends the command in its parser, and an atexit handler reports where it ran by then.
+    entry = (
+        "import atexit, os, sys; atexit.register(lambda: print('placed', sorted(os.sched_getaffinity(0)), "
+        "os.sched_getscheduler(0) == os.SCHED_IDLE)); sys.argv = ['hotswap', *sys.argv[1:]]; "
+        "from hotswap.__main__ import run; run()"
+    )
+    shown = subprocess.run(
+        [sys.executable, "-c", entry, "upgrade", vm.name, "--help"],
+        capture_output=True, text=True, check=True, env={**os.environ, **vm.env},
+    ).stdout  # fmt: skip
+    assert shown.splitlines()[-1] == f"placed [{vmm_cpu}] True", shown
     # And the real command still upgrades (its own placement per VM follows after parsing).
     assert vm.upgrade()["generation"] == 2

@@ -254,6 +254,7 @@ def test_fault_during_upgrade(case: Case, faulty_vm: Callable[[str], GuestVm], g
     elif outcome is Outcome.OLD_DIED:
         one_line_error(result)
         wait_pids(vm, lambda pids: not pids, "no VMM left: the successor must give up once its peer is gone")
+        assert_no_staged_record(vm)  # the successor removed what it staged when it gave up
         assert_guest_frozen(vm)
 
     elif outcome is Outcome.TAKEOVER:
