@@ -41,6 +41,7 @@ FIFO_SIZE = 64
 _DATA, _IER, _IIR, _LCR, _MCR, _LSR, _MSR, _SCR = range(8)
 _FCR = _IIR
 REGISTER_COUNT = 8
+THR_OFFSET, LSR_OFFSET = _DATA, _LSR  # the two registers a VMM's fast path serves (transmits_plainly)
 
 IER_RX_DATA = 0x01
 IER_THR_EMPTY = 0x02
@@ -73,6 +74,8 @@ LSR_DATA_READY = 0x01
 LSR_OVERRUN = 0x02
 LSR_THR_EMPTY = 0x20
 LSR_TX_IDLE = 0x40
+
+LINE_STATUS_IDLE = LSR_THR_EMPTY | LSR_TX_IDLE  # LSR with nothing received and no error pending
 
 MSR_DELTA_CTS = 0x01
 MSR_DELTA_DSR = 0x02
@@ -215,6 +218,21 @@ class Serial:
         self._overrun = state.overrun
         self._thr_empty = state.thr_empty_pending
         self._rx = bytearray(state.rx_fifo)
+
+    # A VMM's fast path.
+
+    def transmits_plainly(self) -> bool:
+        """True while writing THR does nothing but send the byte (and latch THR empty, which only an enabled
+        THR-empty interrupt would show) and reading LSR returns LINE_STATUS_IDLE without side effects: divisor
+        latch off, no loopback, THR-empty interrupt off, nothing received, no overrun. A VMM may then serve
+        those two accesses without the model, then call note_transmitted()."""
+        return not (
+            self._lcr & LCR_DLAB or self._mcr & MCR_LOOPBACK or self._ier & IER_THR_EMPTY or self._rx or self._overrun
+        )
+
+    def note_transmitted(self) -> None:
+        """Bytes were sent for the guest outside write() while transmits_plainly() held: THR is empty again."""
+        self._thr_empty = True
 
     # Input from the host side.
 

@@ -92,6 +92,8 @@ class Vmm:
             "mem_size": config.mem_size,
             "api_socket": config.api_socket,
             "console_socket": config.console_socket if config.console == "socket" else None,
+            # UART exits this process served in C, without Python (kvm/byte_queue.py)
+            "serial_exits_in_c": machine.devices.serial_port.queue.served,
             "config": config.to_dict(),
         }
 
@@ -142,6 +144,7 @@ class Vmm:
         print(f"hotswap: {self.machine.config.name}: {reason.detail}", file=sys.stderr, flush=True)
         self.api.close()
         config = self.machine.config
+        self.machine.devices.flush_output()
         self.machine.console.close(unlink=config.console_socket if config.console == "socket" else None)
         self.machine.shutdown()
         _unlink(config.api_socket)

@@ -253,6 +253,20 @@ struct hs_park {
 int hs_park(struct hs_park *park);
 int hs_open_and_wait(int gate_fd, int counter_fd, int count, int timeout_ms);
 
+/* A UART's transmitter served in C (kvm/byte_queue.py): while `open`, 1-byte MMIO writes to base + data_offset
+   are queued and 1-byte reads of base + status_offset return status_value, without returning to Python. */
+struct hs_byte_queue {
+    uint64_t base; uint32_t data_offset; uint32_t status_offset; uint8_t status_value;
+    int open; int lock; int notify_fd; int notify_pending;
+    uint32_t head; uint32_t tail; uint64_t served;
+    uint8_t bytes[4096];
+};
+int hs_run(int vcpu_fd, struct kvm_run *run, struct hs_byte_queue *queue);
+int hs_byte_queue_serve(struct hs_byte_queue *queue, struct kvm_run *run);
+uint32_t hs_byte_queue_take(struct hs_byte_queue *queue, uint8_t *out, uint32_t max, int whole_lines);
+void hs_byte_queue_set_open(struct hs_byte_queue *queue, int open);
+uint32_t hs_byte_queue_count(struct hs_byte_queue *queue);
+
 /* views of the kvm_run exit union; offsets computed by the compiler */
 struct hs_exit_io { uint8_t direction; uint8_t size; uint16_t port; uint32_t count; uint64_t data_offset; };
 struct hs_exit_mmio { uint64_t phys_addr; uint8_t data[8]; uint32_t len; uint8_t is_write; };
@@ -431,6 +445,98 @@ static int hs_park(struct hs_park *park) {
         if (write(park->done_fd, &count, sizeof count) < 0) return -errno;
         if (park->spin_ns > 0 && hs_spin_readable(park->gate_fd, park->spin_ns) == 1) return 1;
     }
+}
+
+/* ---- a UART transmitter served in C ----
+   A guest printing through the UART takes one exit per byte (and one per status poll). Handled in Python, each
+   needs the GIL, and on this nested host a vCPU thread that finds the GIL held sleeps and is woken up to
+   milliseconds later: a gap the guest sees. While the device model says the UART only transmits (no divisor
+   latch, no loopback, no THR-empty interrupt, nothing received), those exits are served here. */
+#define HS_QUEUE_SIZE 4096u
+struct hs_byte_queue {
+    uint64_t base; uint32_t data_offset; uint32_t status_offset; uint8_t status_value;
+    int open; int lock; int notify_fd; int notify_pending;
+    uint32_t head; uint32_t tail; uint64_t served;
+    uint8_t bytes[4096];
+};
+_Static_assert(sizeof(((struct hs_byte_queue *)0)->bytes) == HS_QUEUE_SIZE, "queue size");
+
+static void hs_queue_lock(struct hs_byte_queue *q) {
+    while (__atomic_exchange_n(&q->lock, 1, __ATOMIC_ACQUIRE)) {
+        while (__atomic_load_n(&q->lock, __ATOMIC_RELAXED)) __builtin_ia32_pause();
+    }
+}
+static void hs_queue_unlock(struct hs_byte_queue *q) { __atomic_store_n(&q->lock, 0, __ATOMIC_RELEASE); }
+
+/* 1 when the exit in `run` was served (KVM_RUN may simply be entered again), 0 when Python must see it. The
+   consumer is told through notify_fd at a newline, at half full, and when a byte lands in an empty queue (a
+   prompt without a newline); once told, not again until it has taken. */
+static int hs_byte_queue_serve(struct hs_byte_queue *q, struct kvm_run *run) {
+    if (run->exit_reason != KVM_EXIT_MMIO || run->mmio.len != 1 || run->mmio.phys_addr < q->base) return 0;
+    uint64_t offset = run->mmio.phys_addr - q->base;
+    int notify = 0;
+    if (!run->mmio.is_write) {
+        if (offset != q->status_offset || !__atomic_load_n(&q->open, __ATOMIC_ACQUIRE)) return 0;
+        run->mmio.data[0] = q->status_value;
+    } else {
+        if (offset != q->data_offset) return 0;
+        uint8_t byte = run->mmio.data[0];
+        hs_queue_lock(q);
+        uint32_t held = q->tail - q->head;
+        if (!q->open || held >= HS_QUEUE_SIZE) {  /* closed meanwhile, or full: Python takes it after the rest */
+            hs_queue_unlock(q);
+            return 0;
+        }
+        q->bytes[q->tail % HS_QUEUE_SIZE] = byte;
+        q->tail++;
+        if (!q->notify_pending && (byte == '\n' || held == 0 || held + 1 >= HS_QUEUE_SIZE / 2)) {
+            q->notify_pending = 1;
+            notify = 1;
+        }
+        hs_queue_unlock(q);
+    }
+    __atomic_add_fetch(&q->served, 1, __ATOMIC_RELAXED);
+    if (notify && q->notify_fd >= 0) {
+        uint64_t one = 1;
+        if (write(q->notify_fd, &one, sizeof one) < 0) { /* an eventfd at its limit is still readable */ }
+    }
+    return 1;
+}
+
+/* KVM_RUN until an exit Python must handle: 0, or -errno (-EINTR after a kick). */
+static int hs_run(int vcpu_fd, struct kvm_run *run, struct hs_byte_queue *queue) {
+    for (;;) {
+        if (ioctl(vcpu_fd, KVM_RUN, 0) < 0) return -errno;
+        if (queue == NULL || !hs_byte_queue_serve(queue, run)) return 0;
+    }
+}
+
+/* Move up to `max` queued bytes to `out` (only up to the last newline with whole_lines); returns how many. */
+static uint32_t hs_byte_queue_take(struct hs_byte_queue *q, uint8_t *out, uint32_t max, int whole_lines) {
+    hs_queue_lock(q);
+    uint32_t count = q->tail - q->head;
+    if (count > max) count = max;
+    if (whole_lines) {
+        while (count > 0 && q->bytes[(q->head + count - 1) % HS_QUEUE_SIZE] != '\n') count--;
+    }
+    for (uint32_t i = 0; i < count; i++) out[i] = q->bytes[(q->head + i) % HS_QUEUE_SIZE];
+    q->head += count;
+    q->notify_pending = 0;
+    hs_queue_unlock(q);
+    return count;
+}
+
+static void hs_byte_queue_set_open(struct hs_byte_queue *q, int open) {
+    hs_queue_lock(q);
+    __atomic_store_n(&q->open, open, __ATOMIC_RELEASE);
+    hs_queue_unlock(q);
+}
+
+static uint32_t hs_byte_queue_count(struct hs_byte_queue *q) {
+    hs_queue_lock(q);
+    uint32_t count = q->tail - q->head;
+    hs_queue_unlock(q);
+    return count;
 }
 """
 

@@ -20,6 +20,7 @@ from kvm.errors import KvmError
 from kvm.exits import INTERRUPTED, VcpuExit, decode_exit
 
 if TYPE_CHECKING:
+    from kvm.byte_queue import ByteQueue
     from kvm.vm import Vm
 
 MP_STATE_RUNNABLE = lib.KVM_MP_STATE_RUNNABLE
@@ -75,9 +76,10 @@ class Vcpu:
         self.fd = -1
 
     # -- running ----------------------------------------------------------------------------------------------
-    def run(self) -> VcpuExit:
-        """Enter the guest until the next exit that needs userspace. EINTR (a kick) returns Interrupted."""
-        rc: int = lib.hs_ioctl_int(self.fd, lib.KVM_RUN, 0)
+    def run(self, queue: ByteQueue | None = None) -> VcpuExit:
+        """Enter the guest until the next exit that needs userspace. EINTR (a kick) returns Interrupted. With an
+        open `queue`, the UART exits it serves are handled in C and never returned (kvm/byte_queue.py)."""
+        rc: int = lib.hs_run(self.fd, self.run_struct, queue.c if queue is not None else ffi.NULL)
         if rc < 0:
             if rc in (-errno.EINTR, -errno.EAGAIN):
                 return INTERRUPTED

@@ -3,7 +3,6 @@ part of the state tree. Device models stay pure; everything KVM- or host-specifi
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -23,7 +22,7 @@ from hotswap.layout import (
 from hotswap.machine.console import Console
 from hotswap.machine.eventloop import EventLoop
 from hotswap.machine.interrupts import IrqfdLine
-from hotswap.machine.locked import LockedDevice
+from hotswap.machine.serial_port import SerialPort
 from hotswap.machine.virtio import KINDS, VirtioSlot, VirtioSpec, open_host_fd
 from kvm import GuestMemory, Vm
 
@@ -51,14 +50,14 @@ class DeviceSet:
         self._console = console
         self._lines: list[IrqfdLine] = []
 
-        self._serial_lock = threading.Lock()
         serial_irq = self._line(COM1_GSI)
         self.serial = Serial(serial_irq, console.write, on_rx_drained=lambda: loop.call_soon(console.feed_pending))
-        serial_bus = LockedDevice(self.serial, self._serial_lock)
-        self.pio.insert(COM1_PORT, COM1_PORT_SIZE, serial_bus, "serial0")
-        # The same UART, reachable by plain memory stores: ring-3 code (and fast guests) use this alias.
-        self.mmio.insert(SERIAL_MMIO_ADDR, SERIAL_REGISTERS, serial_bus, "serial0-mmio")
-        console.attach_input(self._serial_input)
+        # The same UART on both buses; its MMIO alias (ring-3 code and fast guests use it) transmits through a
+        # queue served in C while the model allows it (serial_port.py).
+        self.serial_port = SerialPort(self.serial, console, loop, SERIAL_MMIO_ADDR)
+        self.pio.insert(COM1_PORT, COM1_PORT_SIZE, self.serial_port, "serial0")
+        self.mmio.insert(SERIAL_MMIO_ADDR, SERIAL_REGISTERS, self.serial_port, "serial0-mmio")
+        console.attach_input(self.serial_port.enqueue_input)
 
         self.i8042 = I8042(on_reset=on_reset)
         self.pio.insert(I8042_DATA_PORT, 1, self.i8042.data_port, "i8042-data")
@@ -89,10 +88,6 @@ class DeviceSet:
         self._lines.append(line)
         return line
 
-    def _serial_input(self, data: bytes) -> int:
-        with self._serial_lock:
-            return self.serial.enqueue_input(data)
-
     # -- lifecycle --------------------------------------------------------------------------------------------
     def quiesce(self) -> None:
         """Finish in-flight device work and stop starting new work (vCPUs are already paused; the console has
@@ -105,7 +100,12 @@ class DeviceSet:
         for slot in self.virtio:
             self._loop.call_soon(slot.resume)
 
+    def flush_output(self) -> None:
+        """Send on guest output still queued for the console (kvm/byte_queue.py)."""
+        self.serial_port.flush()
+
     def close(self) -> None:
+        self.serial_port.close()
         for slot in self.virtio:
             slot.close()
         self.virtio.clear()
@@ -117,9 +117,8 @@ class DeviceSet:
     def save(self, console_since: int | None = None) -> dict[str, Any]:
         """The devices' state. With `console_since` (a console mark), the console history holds only the output
         after that mark: a handover sent the rest before the pause."""
+        serial = self.serial_port.save().to_dict()  # first: it sends on what the guest printed, to the history
         history = self._console.history() if console_since is None else self._console.history_since(console_since)
-        with self._serial_lock:
-            serial = self.serial.save().to_dict()
         return {
             **{slot.spec.name: slot.save() for slot in self.virtio},
             "serial0": {"kind": "serial-16550", "state": serial},
@@ -137,8 +136,7 @@ class DeviceSet:
             unknown = sorted(set(devices) - expected)
             missing = sorted(expected - set(devices))
             raise HotswapError(f"device state mismatch: unknown {unknown}, missing {missing}")
-        with self._serial_lock:
-            self.serial.restore(SerialState.from_dict(_state_of(devices, "serial0", "serial-16550")))
+        self.serial_port.restore(SerialState.from_dict(_state_of(devices, "serial0", "serial-16550")))
         self.i8042.restore(I8042State.from_dict(_state_of(devices, "i8042", "i8042")))
         console = _state_of(devices, "console", "console")
         history, pending = console.get("history"), console.get("pending_input")

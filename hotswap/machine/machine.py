@@ -93,6 +93,7 @@ class Machine:
                 functools.partial(os.eventfd_write, self._running, 1),
                 # With --vmm-cpus alone the vCPUs may still use any CPU, not the VMM's ones they would inherit.
                 cpus=config.vcpu_cpus or (online_cpus() if config.vmm_cpus else ()),
+                byte_queue=self.devices.serial_port.queue,
             )
             for vcpu in platform.vcpus
         ]

@@ -32,6 +32,7 @@ from hotswap.proctitle import set_thread_name
 from kvm import KvmError, Vcpu
 from kvm._ffi import ffi, lib
 from kvm.batch import IoctlBatch
+from kvm.byte_queue import ByteQueue
 from kvm.exits import INTERRUPTED
 
 # How long a parked thread that ran posted work polls the gate before it sleeps: covers a successor's remaining
@@ -70,9 +71,12 @@ class VcpuThread:
         gate: Gate,
         on_running: Callable[[], None],
         cpus: tuple[int, ...] = (),
+        byte_queue: ByteQueue | None = None,
     ) -> None:
+        """`byte_queue`: UART exits served in C while it is open (kvm/byte_queue.py)."""
         install_kick_handler()
         self.vcpu = vcpu
+        self._byte_queue = byte_queue
         self._pio = pio
         self._mmio = mmio
         self._on_stop = on_stop
@@ -146,7 +150,7 @@ class VcpuThread:
         set_thread_name(f"vcpu{self.vcpu.id}")  # `top -H`, `ps -L` and /proc show which thread runs the guest
         pin_this_thread(self._cpus, f"vcpu{self.vcpu.id}")
         vcpu = self.vcpu
-        pio, mmio = self._pio, self._mmio
+        pio, mmio, byte_queue = self._pio, self._mmio, self._byte_queue
         # True while the last exit was an I/O exit: KVM completes it (the data of a read, RIP past the
         # instruction) only at the next KVM_RUN. A kick that interrupted KVM_RUN leaves nothing to complete.
         io_pending = False
@@ -160,7 +164,7 @@ class VcpuThread:
                     if self._pause_requested:
                         self._park()
                     continue
-                exit = vcpu.run()
+                exit = vcpu.run(byte_queue)
                 io_pending = exit is not INTERRUPTED
                 result = handle_exit(exit, pio, mmio, vcpu)
                 if isinstance(result, Stop):
