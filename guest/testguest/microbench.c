@@ -8,6 +8,7 @@
 #define COM1_SCRATCH 0x3FF
 #define COM1_LSR 0x3FD
 #define UART_SCRATCH_OFFSET 7
+#define UART_LSR_OFFSET 5
 
 static void report(const char *name, u64 ticks, u64 tsc_khz)
 {
@@ -38,6 +39,10 @@ void microbench_run(u64 tsc_khz, u64 uart_mmio)
 		for (u32 i = 0; i < ROUNDS; i++)
 			(void)mmio_read8(uart_mmio + UART_SCRATCH_OFFSET);
 		report("mmio_read", rdtsc() - t, tsc_khz);
+		t = rdtsc();
+		for (u32 i = 0; i < ROUNDS; i++)
+			(void)mmio_read8(uart_mmio + UART_LSR_OFFSET); /* the status poll of every print */
+		report("uart_status", rdtsc() - t, tsc_khz);
 	}
 	t = rdtsc();
 	for (u32 i = 0; i < ROUNDS; i++)

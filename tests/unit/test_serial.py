@@ -8,7 +8,7 @@ import random
 import pytest
 
 from devices.errors import StateError
-from devices.serial import FIFO_SIZE, Serial, SerialState
+from devices.serial import FIFO_SIZE, LINE_STATUS_IDLE, Serial, SerialState
 from devices.state import DeviceState
 
 DATA, IER, IIR, FCR, LCR, MCR, LSR, MSR, SCR = 0, 1, 2, 2, 3, 4, 5, 6, 7
@@ -459,3 +459,50 @@ def test_state_base_checks_containers_by_their_outer_type() -> None:
     assert _ContainerState.from_dict({"name": "rx", "queues": [1, 2]}) == _ContainerState("rx", [1, 2])
     with pytest.raises(StateError, match="example state: field 'queues' must be list, got tuple"):
         _ContainerState.from_dict({"name": "rx", "queues": (1, 2)})
+
+
+# -- the plain transmit mode a VMM may serve without the model -------------------------------------------------
+
+
+def test_power_on_transmits_plainly_with_the_idle_line_status(uart: Uart) -> None:
+    assert uart.dev.transmits_plainly()
+    assert uart.rd(LSR) == LINE_STATUS_IDLE
+
+
+@pytest.mark.parametrize(
+    "setup",
+    [
+        pytest.param(lambda u: u.wr(LCR, 0x83), id="divisor latch"),
+        pytest.param(lambda u: u.wr(MCR, 0x18), id="loopback"),
+        pytest.param(lambda u: u.wr(IER, 0x02), id="THR-empty interrupt"),
+        pytest.param(lambda u: u.dev.enqueue_input(b"k"), id="byte received"),
+    ],
+)
+def test_anything_a_thr_write_or_lsr_read_would_show_ends_plain_transmit(uart: Uart, setup: object) -> None:
+    setup(uart)  # type: ignore[operator]
+    assert not uart.dev.transmits_plainly()
+
+
+def test_plain_transmit_returns_once_the_receiver_is_read_empty(uart: Uart) -> None:
+    uart.dev.enqueue_input(b"k")
+    assert uart.rd(LSR) == LINE_STATUS_IDLE | 0x01
+    uart.rd(DATA)
+    assert uart.dev.transmits_plainly()
+
+
+def test_an_overrun_ends_plain_transmit_until_lsr_is_read(uart: Uart) -> None:
+    uart.wr(MCR, 0x10)  # loopback, FIFOs off: the second byte overruns
+    uart.wr(DATA, 1)
+    uart.wr(DATA, 2)
+    uart.wr(MCR, 0x08)
+    uart.rd(DATA)
+    assert not uart.dev.transmits_plainly()  # the overrun is still latched
+    uart.rd(LSR)
+    assert uart.dev.transmits_plainly()
+
+
+def test_bytes_sent_outside_the_model_latch_thr_empty_as_a_write_would() -> None:
+    by_model, outside = Uart(), Uart()
+    by_model.wr(DATA, ord("x"))
+    outside.dev.note_transmitted()
+    assert outside.dev.save() == by_model.dev.save()
