@@ -29,7 +29,7 @@ import socket
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from hotswap import __version__, log, registry
@@ -113,6 +113,16 @@ class _Sent:
     captured: int = 0
     vcpus: bytes = b""
     platform: bytes = b""
+    # when the vCPUs had been read, packed and sent, and the rest read (then packed: `captured`)
+    steps: list[int] = field(default_factory=list)
+
+    def detail_us(self) -> dict[str, int]:
+        """How long each part of the capture took, for the upgrade report."""
+        stamps = [self.quiesced, *self.steps, self.captured]
+        names = ("vcpus", "vcpus_pack", "vcpus_send", "platform", "platform_pack")
+        return {
+            f"{name}_us": (end - begin) // 1000 for name, begin, end in zip(names, stamps, stamps[1:], strict=False)
+        }
 
 
 class _Session:
@@ -182,10 +192,16 @@ class _Session:
                 machine.devices.quiesce()
                 sent.quiesced = now_ns()
                 # The vCPUs first, in a message of their own: the successor restores them while we capture the rest.
-                sent.vcpus = pack_part({"vcpus": machine.capture_vcpus()})
+                vcpus = machine.capture_vcpus()
+                sent.steps.append(now_ns())
+                sent.vcpus = pack_part({"vcpus": vcpus})
+                sent.steps.append(now_ns())
                 wire.send(MessageType.STATE_VCPUS, mangle_state(sent.vcpus, generation, "vcpus"))
+                sent.steps.append(now_ns())
                 fault_point("sender", generation, "after_vcpus")
-                sent.platform = pack_part(machine.capture_platform(console_since=console_mark))
+                platform = machine.capture_platform(console_since=console_mark)
+                sent.steps.append(now_ns())
+                sent.platform = pack_part(platform)
                 sent.captured = now_ns()
                 wire.send(MessageType.STATE, mangle_state(sent.platform, generation))
                 fault_point("sender", generation, "after_state")
@@ -305,6 +321,7 @@ def _result(
             "commit": us(restored, committed),
             "resume": us(committed, resumed_at),
         },
+        "capture_detail_us": sent.detail_us(),
         "successor_prepare_us": dict(ready) if isinstance(ready, dict) else {},
         "restore_detail_us": dict(resumed.get("restore_detail_us", {})),
     }
