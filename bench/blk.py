@@ -45,7 +45,7 @@ from bench.iobench import (
     run_hotswap,
 )
 from bench.qemu import Fleet, qemu_version
-from bench.report import BenchError, Table, Throughput, emit, fmt, median_of, ratio
+from bench.report import BenchError, Table, Throughput, add_record_options, emit, fmt, median_of, ratio
 
 MIB = 1024 * 1024
 SEQ_BS = 64 * 1024
@@ -193,8 +193,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--no-direct", action="store_true", help="skip the host O_DIRECT reference rows")
     parser.add_argument("--quick", action="store_true", help="2 runs of 1 s each (development; not recordable)")
     parser.add_argument("--dir", type=Path, default=None, help="where the image goes (default: a temp directory)")
-    parser.add_argument("--record", action="store_true", help="append the table to docs/benchmarks.md")
-    parser.add_argument("--note", action="append", default=[], help="a note to record with the table (repeatable)")
+    add_record_options(parser)
     args = parser.parse_args(argv)
     if args.quick:
         args.runs, args.secs = 2, 1

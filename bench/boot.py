@@ -31,7 +31,7 @@ from bench.guest import boot_tsc_khz, cmdline, console_lines, guest_image
 from bench.host import HostWatch
 from bench.hotswap_vm import HOTSWAP
 from bench.qemu import Fleet, QemuSpec, qemu_version
-from bench.report import BenchError, Latency, Table, emit, ratio
+from bench.report import BenchError, Latency, Table, add_record_options, emit, ratio
 from bench.snapshot import add_option, run_measure
 
 BOOT_TIMEOUT = 60.0
@@ -117,8 +117,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--mem", type=int, default=256, help="guest RAM in MiB (default 256)")
     parser.add_argument("--no-mmio", action="store_true", help="skip the hotswap uart=mmio series")
     add_option(parser)
-    parser.add_argument("--record", action="store_true", help="append the table to docs/benchmarks.md")
-    parser.add_argument("--note", action="append", default=[], help="a note to record with the table (repeatable)")
+    add_record_options(parser)
     args = parser.parse_args(argv)
     if args.reps < 1:
         parser.error("--reps must be at least 1")

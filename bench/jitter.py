@@ -36,7 +36,7 @@ from bench.guest import cmdline, guest_image
 from bench.host import HostWatch
 from bench.placement import Placement, cpu_list, pinned_placement
 from bench.qemu import Fleet, QemuSpec, qemu_version
-from bench.report import BenchError, Table, emit, fmt, percentile
+from bench.report import BenchError, Table, add_record_options, emit, fmt, percentile, pick_subset
 from bench.snapshot import add_option, run_measure
 from bench.subjects import HotswapSubject, QemuSubject, Subject
 
@@ -169,13 +169,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--loads", default=",".join(LOADS), help="subset of " + ",".join(LOADS))
     parser.add_argument("--no-qemu", action="store_true", help="hotswap only")
     add_option(parser)
-    parser.add_argument("--record", action="store_true", help="append the table to docs/benchmarks.md")
-    parser.add_argument("--note", action="append", default=[], help="a note to record with the table (repeatable)")
+    add_record_options(parser)
     args = parser.parse_args(argv)
-    args.load_list = [load for load in args.loads.split(",") if load]
-    unknown = set(args.load_list) - set(LOADS)
-    if unknown or not args.load_list:
-        parser.error(f"--loads: unknown {', '.join(sorted(unknown)) or 'empty list'}")
+    args.load_list = pick_subset(parser, "--loads", args.loads, LOADS)
     if args.seconds < 1 or args.rounds < 1:
         parser.error("--seconds must be at least 1 and --rounds at least 1")
     return args

@@ -33,7 +33,7 @@ from bench.guest import guest_image
 from bench.host import HostWatch
 from bench.iobench import GuestRun, Hooks, IoResult, QemuRunner, guest_cmdline, host_tsc_khz, qemu_net_args, run_hotswap
 from bench.qemu import Fleet, qemu_version
-from bench.report import BenchError, Table, Throughput, emit, fmt, median_of, ratio
+from bench.report import BenchError, Table, Throughput, add_record_options, emit, fmt, median_of, ratio
 
 ETHERTYPE = 0x88B5
 FRAME_BYTES = 1514  # Ethernet header + 1500 bytes; what the guest sends and receives too
@@ -165,8 +165,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--secs", type=int, default=5, help="seconds per run (default 5)")
     parser.add_argument("--depth", type=int, default=16, help="frames in flight / receive buffers (default 16)")
     parser.add_argument("--quick", action="store_true", help="2 runs of 1 s each (development; not recordable)")
-    parser.add_argument("--record", action="store_true", help="append the tables to docs/benchmarks.md")
-    parser.add_argument("--note", action="append", default=[], help="a note to record with the tables (repeatable)")
+    add_record_options(parser, "tables")
     args = parser.parse_args(argv)
     if args.quick:
         args.runs, args.secs = 2, 1

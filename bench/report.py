@@ -6,6 +6,7 @@ value that was actually measured.
 
 from __future__ import annotations
 
+import argparse
 import datetime
 import math
 import os
@@ -241,3 +242,19 @@ def emit(title: str, table: Table | Sequence[Table], notes: Sequence[str], save:
     if save:
         record(title, table, notes)
         print(f"\nrecorded in {RESULTS.relative_to(REPO)}")
+
+
+# -- command line ----------------------------------------------------------------------------------------------------
+def add_record_options(parser: argparse.ArgumentParser, what: str = "table") -> None:
+    """`--record` and `--note`, which emit() reads: `what` is "table" or "tables", as the benchmark prints."""
+    parser.add_argument("--record", action="store_true", help=f"append the {what} to docs/benchmarks.md")
+    parser.add_argument("--note", action="append", default=[], help=f"a note to record with the {what} (repeatable)")
+
+
+def pick_subset(parser: argparse.ArgumentParser, option: str, text: str, known: Sequence[str]) -> list[str]:
+    """The comma-separated names in `text`, in `known`'s order; an unknown or no name is a usage error."""
+    chosen = {name for name in text.split(",") if name}
+    unknown = chosen - set(known)
+    if unknown or not chosen:
+        parser.error(f"{option}: unknown {', '.join(sorted(unknown)) or 'empty list'}")
+    return [name for name in known if name in chosen]

@@ -25,7 +25,7 @@ from bench.console import ConsoleTap
 from bench.guest import Status, cmdline, guest_image
 from bench.host import HostWatch
 from bench.hotswap_vm import HotswapVm
-from bench.report import BenchError, Latency, Table, emit
+from bench.report import BenchError, Latency, Table, add_record_options, emit
 from bench.snapshot import add_option, run_measure
 
 LINE_TIMEOUT = 60.0
@@ -75,8 +75,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--status-ms", type=int, default=50)
     parser.add_argument("--lines-between", type=int, default=2, help="new status lines to see between upgrades (2)")
     add_option(parser)
-    parser.add_argument("--record", action="store_true", help="append the table to docs/benchmarks.md")
-    parser.add_argument("--note", action="append", default=[], help="a note to record with the table (repeatable)")
+    add_record_options(parser)
     args = parser.parse_args(argv)
     if args.count < 1 or args.lines_between < 1:
         parser.error("--count and --lines-between must be at least 1")

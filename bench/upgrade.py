@@ -26,7 +26,7 @@ from bench.guest import cmdline, guest_image
 from bench.host import HostWatch
 from bench.placement import Placement, pinned_placement
 from bench.qemu import Fleet, QemuSpec, qemu_version, shm_path
-from bench.report import BenchError, emit
+from bench.report import BenchError, add_record_options, emit, pick_subset
 from bench.snapshot import add_option, run_measure
 from bench.subjects import HotswapSubject, Operation, QemuSubject, Subject
 from bench.upgrade_analysis import SIZES, STATUS_MS, Figures, Run, Size, figures, tables, verdicts
@@ -159,16 +159,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--migration-timeout", type=float, default=60.0, help="seconds before a QEMU migration is cancelled"
     )
     add_option(parser)
-    parser.add_argument("--record", action="store_true", help="append the tables to docs/benchmarks.md")
-    parser.add_argument("--note", action="append", default=[], help="a note to record with the tables (repeatable)")
+    add_record_options(parser, "tables")
     args = parser.parse_args(argv)
     if args.quick:
         args.reps, args.block = 6, 3
-    keys = {s.key for s in SIZES}
-    args.size_list = [s for s in SIZES if s.key in set(args.sizes.split(","))]
-    unknown = set(args.sizes.split(",")) - keys
-    if unknown or not args.size_list:
-        parser.error(f"--sizes: unknown {', '.join(sorted(unknown)) or 'empty list'}")
+    keys = pick_subset(parser, "--sizes", args.sizes, [s.key for s in SIZES])
+    args.size_list = [s for s in SIZES if s.key in keys]
     if args.reps < 1 or args.block < 1:
         parser.error("--reps and --block must be at least 1")
     return args

@@ -30,6 +30,7 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
+from itertools import pairwise
 from typing import TYPE_CHECKING, Any
 
 from hotswap import __version__, log, registry
@@ -120,9 +121,7 @@ class _Sent:
         """How long each part of the capture took, for the upgrade report."""
         stamps = [self.quiesced, *self.steps, self.captured]
         names = ("vcpus", "vcpus_pack", "vcpus_send", "platform", "platform_pack")
-        return {
-            f"{name}_us": (end - begin) // 1000 for name, begin, end in zip(names, stamps, stamps[1:], strict=False)
-        }
+        return {f"{name}_us": (end - begin) // 1000 for name, (begin, end) in zip(names, pairwise(stamps), strict=True)}
 
 
 class _Session:

@@ -4,6 +4,7 @@ the consumer. Exits are written into a kvm_run struct in memory, as KVM would le
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 
 import pytest
 from mmio_exits import BASE, Exits
@@ -15,7 +16,7 @@ DATA, STATUS, IDLE = 0, 5, 0x60
 
 
 @pytest.fixture
-def queue() -> ByteQueue:
+def queue() -> Iterator[ByteQueue]:
     q = ByteQueue(BASE, DATA, STATUS, IDLE)
     q.set_open(True)
     yield q
