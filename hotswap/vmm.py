@@ -27,6 +27,7 @@ from hotswap.machine.exit_handler import Stop
 from hotswap.machine.machine import Machine, RunState
 from hotswap.proctitle import set_process_title
 from hotswap.quick_exit import leave_at_once
+from hotswap.state import codec as state_codec
 
 
 class Vmm:
@@ -94,6 +95,8 @@ class Vmm:
             "console_socket": config.console_socket if config.console == "socket" else None,
             # UART exits this process served in C, without Python (kvm/byte_queue.py)
             "serial_exits_in_c": machine.devices.serial_port.queue.served,
+            # "c" when the state codec's happy path is compiled (hotswap/state/_fastcodec.c), else "python"
+            "state_codec": state_codec.IMPLEMENTATION,
             "config": config.to_dict(),
         }
 

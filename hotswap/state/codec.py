@@ -18,6 +18,11 @@ Speed matters (this runs while the guest is paused), so encoder and decoder are 
 stack of open containers, with no call per value, and lists of [index, value] pairs (MSRs) are handled whole with a
 few C-level calls. Where an error sits (`vcpus[1].regs`) is worked out from that stack only once an error happens,
 so the happy path pays nothing for it.
+
+`encode` and `decode` first try the same work in C (`_fastcodec.c`, built with the package): in a handover's pause
+this code runs cold, where the C loop takes a fraction of the Python one's time. The C module hands anything it
+does not handle exactly as this reference does (subclasses, BIGINTs, every malformed input) back to the Python
+codec, which encodes it or raises the error that names where it sits; without the module the Python codec does all.
 """
 
 from __future__ import annotations
@@ -29,6 +34,13 @@ from typing import Any
 
 from hotswap.state.errors import StateEncodeError, StateFormatError
 from hotswap.state.types import StateValue
+
+try:
+    from hotswap.state import _fastcodec
+except ImportError:  # not built (a source checkout never installed): the Python codec does everything
+    _fastcodec = None  # type: ignore[assignment]
+
+IMPLEMENTATION = "c" if _fastcodec is not None else "python"  # shown by `hotswap info`
 
 MAX_DEPTH = 32  # containers nested deeper than this are rejected both ways
 MAX_LENGTH = 0xFFFF_FFFF  # u32 lengths and counts
@@ -155,6 +167,15 @@ def _read_pair_list(buf: bytes, pos: int, count: int) -> list[StateValue]:
 
 def encode(tree: object) -> bytes:
     """Encode a state tree. Raises StateEncodeError naming where an unsupported value sits."""
+    if _fastcodec is not None:
+        encoded = _fastcodec.encode(tree)
+        if encoded is not NotImplemented:
+            return encoded
+    return encode_in_python(tree)
+
+
+def encode_in_python(tree: object) -> bytes:
+    """encode() without the C module: the reference."""
     out = bytearray()
     try:
         _encode_into(out, tree, 0)
@@ -281,6 +302,15 @@ def _plain(value: object) -> object:
 
 def decode(data: bytes | bytearray | memoryview) -> StateValue:
     """Decode one state tree that fills `data` exactly. Raises StateFormatError naming where it is malformed."""
+    if _fastcodec is not None:
+        tree = _fastcodec.decode(data)
+        if tree is not NotImplemented:
+            return tree
+    return decode_in_python(data)
+
+
+def decode_in_python(data: bytes | bytearray | memoryview) -> StateValue:
+    """decode() without the C module: the reference."""
     buf = data if type(data) is bytes else bytes(data)
     end = len(buf)
     root: list[StateValue] = []

@@ -173,7 +173,9 @@ def test_uart_output_is_served_in_c_until_console_input_needs_the_model(vm: Gues
     on, still whole and in order."""
     vm.start(guest_elf, guest_cmdline(status_ms=20))
     first = vm.wait_statuses(3)
-    served = vm.info()["serial_exits_in_c"]
+    info = vm.info()
+    served = info["serial_exits_in_c"]
+    assert info["state_codec"] == "c"  # the state codec's C happy path is built and loaded (hotswap/state/_fastcodec.c)
     later = vm.wait_statuses(5, after=first[-1].seq)
     assert vm.info()["serial_exits_in_c"] > served + 5 * 40  # a status line is well over 40 bytes
     client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
