@@ -2,8 +2,8 @@
 
 Other engineers change files in this checkout while a long benchmark runs, and every `hotswap upgrade` starts a
 fresh successor that imports whatever the files say at that moment: a half-saved edit once failed an upgrade in
-the middle of a run. `--snapshot` copies a commit with `git archive` (read-only for the repository), builds the cffi
-extension and the test guest inside the copy, makes the copy the working directory and puts it first on PYTHONPATH.
+the middle of a run. `--snapshot` copies a commit with `git archive` (read-only for the repository), builds the C
+extensions and the test guest inside the copy, makes the copy the working directory and puts it first on PYTHONPATH.
 Every VMM, successor and CLI the benchmark starts inherits both: `python -m hotswap` looks in its working directory
 first, then PYTHONPATH, and only then through the editable install's finder (which points at this checkout).
 """
@@ -74,9 +74,14 @@ def snapshot(commit: str = "HEAD") -> Iterator[Path]:
         if archive.returncode != 0 or extract.returncode != 0:
             raise BenchError(f"snapshot: git archive {rev} | tar failed: {extract.stderr.decode(errors='replace')}")
         env = {**os.environ, "PYTHONPATH": str(root)}
-        _run([sys.executable, "-m", "kvm._build"], "building the cffi extension", cwd=root, env=env)
+        # setup.py builds every compiled module of that commit (the cffi extension; from 7df3ec1 the state codec's
+        # C happy path too), in place.
+        build = [sys.executable, "setup.py", "-q", "build_ext", "--inplace"]
+        _run(build, "building the C extensions", cwd=root, env=env)
         _run([str(root / "guest" / "build-testguest.sh")], "building the test guest", cwd=root, env=env)
         probe = "import hotswap, kvm._kvm_cffi; print(hotswap.__file__)"
+        if (root / "hotswap" / "state" / "_fastcodec.c").exists():
+            probe = "import hotswap.state._fastcodec; " + probe
         where = _run([sys.executable, "-c", probe], "importing hotswap from the copy", cwd=root, env=env)
         if not where.strip().startswith(str(root)):
             raise BenchError(f"snapshot: hotswap still imports from {where.strip()}, not from {root}")
