@@ -15,7 +15,6 @@ import pytest
 from bench import report, snapshot
 from bench.report import REPO, BenchError
 
-
 PRINT_COMPILED_MODULES = "import hotswap.state._fastcodec as c, kvm._kvm_cffi as k; print(c.__file__, k.__file__)"
 
 
