@@ -7,6 +7,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING
 
 from kvm._ffi import CData, ffi, ioctl, ioctl_int, lib
+from kvm.batch import IoctlBatch, Step
 from kvm.errors import KvmError
 
 if TYPE_CHECKING:
@@ -16,6 +17,7 @@ if TYPE_CHECKING:
 IRQCHIP_PIC_MASTER = lib.KVM_IRQCHIP_PIC_MASTER
 IRQCHIP_PIC_SLAVE = lib.KVM_IRQCHIP_PIC_SLAVE
 IRQCHIP_IOAPIC = lib.KVM_IRQCHIP_IOAPIC
+IRQCHIPS = {"pic_master": IRQCHIP_PIC_MASTER, "pic_slave": IRQCHIP_PIC_SLAVE, "ioapic": IRQCHIP_IOAPIC}
 
 
 class Vm:
@@ -26,6 +28,11 @@ class Vm:
         self.fd = fd
         self.vcpus: list[Vcpu] = []
         self._slots: dict[int, tuple[int, int, int, int]] = {}  # slot -> (flags, gpa, size, host address)
+        # The VM-wide state's buffers, read and written by ioctl batches (kvm/vm_state.py), built once
+        self.batches: dict[str, IoctlBatch] = {}
+        self._chips = {name: ffi.new("struct kvm_irqchip *", {"chip_id": chip}) for name, chip in IRQCHIPS.items()}
+        self._pit = ffi.new("struct kvm_pit_state2 *")
+        self._clock = ffi.new("struct kvm_clock_data *")
 
     # -- lifetime ---------------------------------------------------------------------------------------------
     def close(self) -> None:
@@ -141,6 +148,58 @@ class Vm:
         return vcpu
 
     # -- VM-wide state (capture with every vCPU paused) -------------------------------------------------------
+    # Parts: "pic_master", "pic_slave", "ioapic" (struct kvm_irqchip), "pit2" (struct kvm_pit_state2) and "clock"
+    # (struct kvm_clock_data), each in a buffer of this Vm that a batch reads into or writes from.
+    def _part_buffer(self, part: str) -> tuple[CData, str]:
+        """(buffer, name of the ioctls' object) of a blob part."""
+        if part == "pit2":
+            return self._pit, "PIT2"
+        return self._chips[part], "IRQCHIP"
+
+    def get_step(self, part: str) -> Step:
+        """The ioctl that reads `part` into this VM's buffer (part_bytes / clock_read after the batch ran)."""
+        if part == "clock":
+            return Step(lib.KVM_GET_CLOCK, self._clock, "KVM_GET_CLOCK")
+        buf, op = self._part_buffer(part)
+        return Step(getattr(lib, f"KVM_GET_{op}"), buf, f"KVM_GET_{op}")
+
+    def set_step(self, part: str) -> Step:
+        """The ioctl that writes `part` from this VM's buffer (load_part / load_clock before the batch runs)."""
+        if part == "clock":
+            return Step(lib.KVM_SET_CLOCK, self._clock, "KVM_SET_CLOCK")
+        buf, op = self._part_buffer(part)
+        return Step(getattr(lib, f"KVM_SET_{op}"), buf, f"KVM_SET_{op}")
+
+    def part_bytes(self, part: str) -> bytes:
+        buf, _op = self._part_buffer(part)
+        data: bytes = ffi.buffer(buf)[:]
+        return data
+
+    def load_part(self, part: str, blob: bytes) -> None:
+        """Fill the buffer of a blob part; a blob of the wrong size is refused before any ioctl."""
+        buf, op = self._part_buffer(part)
+        size = ffi.sizeof(buf[0])
+        if len(blob) != size:
+            raise KvmError(f"KVM_SET_{op}", 22, f"{part} state blob is {len(blob)} bytes, expected {size}")
+        if op == "IRQCHIP" and int.from_bytes(blob[:4], "little") != IRQCHIPS[part]:
+            found = int.from_bytes(blob[:4], "little")
+            raise KvmError("KVM_SET_IRQCHIP", 22, f"{part} state blob is for irqchip {found}, not {IRQCHIPS[part]}")
+        ffi.memmove(buf, blob, size)
+
+    def clock_read(self) -> tuple[int, int, int]:
+        """What the last batch's KVM_GET_CLOCK read: (kvmclock ns, flags, host realtime ns if flagged)."""
+        data = self._clock
+        return int(data.clock), int(data.flags), int(data.realtime)
+
+    def load_clock(self, clock_ns: int, realtime_ns: int | None = None) -> None:
+        """Fill the clock buffer as set_clock() would send it."""
+        data = self._clock
+        ffi.memmove(data, bytes(ffi.sizeof(data[0])), ffi.sizeof(data[0]))
+        data.clock = clock_ns
+        if realtime_ns is not None:
+            data.flags = lib.KVM_CLOCK_REALTIME
+            data.realtime = realtime_ns
+
     def get_irqchip(self, chip_id: int) -> bytes:
         chip = ffi.new("struct kvm_irqchip *")
         chip.chip_id = chip_id

@@ -15,7 +15,8 @@ import time
 from dataclasses import dataclass
 
 from kvm._ffi import lib
-from kvm.vm import IRQCHIP_IOAPIC, IRQCHIP_PIC_MASTER, IRQCHIP_PIC_SLAVE, Vm
+from kvm.batch import IoctlBatch
+from kvm.vm import Vm
 
 
 @dataclass(slots=True)
@@ -44,28 +45,53 @@ class VmState:
         return {name: getattr(self, name) for name in self.FIELDS}
 
 
+# Every ioctl of a capture, and of a restore, runs in one C call (kvm/batch.py), in these orders. The clock is read
+# last, right before the CLOCK_MONOTONIC stamp that travels with it.
+CAPTURE_ORDER = ("pic_master", "pic_slave", "ioapic", "pit2", "clock")
+RESTORE_ORDER = ("pit2", "clock", "pic_master", "pic_slave", "ioapic")
+
+
+def prepare(vm: Vm) -> None:
+    """Build the capture's and the restore's batches now, not inside a pause window."""
+    _batch(vm, "capture")
+    _batch(vm, "restore")
+
+
 def capture(vm: Vm) -> VmState:
-    clock, flags, realtime = vm.get_clock()
+    _batch(vm, "capture").run()
     monotonic = time.clock_gettime_ns(time.CLOCK_MONOTONIC)
+    clock, flags, realtime = vm.clock_read()
+    blob = vm.part_bytes
     return VmState(
         clock=clock,
         clock_flags=flags,
         clock_realtime=realtime,
         clock_monotonic_ns=monotonic,
-        pic_master=vm.get_irqchip(IRQCHIP_PIC_MASTER),
-        pic_slave=vm.get_irqchip(IRQCHIP_PIC_SLAVE),
-        ioapic=vm.get_irqchip(IRQCHIP_IOAPIC),
-        pit2=vm.get_pit2(),
+        pic_master=blob("pic_master"),
+        pic_slave=blob("pic_slave"),
+        ioapic=blob("ioapic"),
+        pit2=blob("pit2"),
     )
 
 
 def restore(vm: Vm, state: VmState) -> None:
-    vm.set_pit2(state.pit2)
+    """Write a captured VM state (every blob checked before the first ioctl)."""
+    for part in ("pit2", "pic_master", "pic_slave", "ioapic"):
+        vm.load_part(part, getattr(state, part))
     if state.clock_flags & lib.KVM_CLOCK_REALTIME:
-        vm.set_clock(state.clock, realtime_ns=state.clock_realtime)
+        vm.load_clock(state.clock, realtime_ns=state.clock_realtime)
     else:
         elapsed = time.clock_gettime_ns(time.CLOCK_MONOTONIC) - state.clock_monotonic_ns
-        vm.set_clock(state.clock + max(0, elapsed))
-    vm.set_irqchip(state.pic_master)
-    vm.set_irqchip(state.pic_slave)
-    vm.set_irqchip(state.ioapic)
+        vm.load_clock(state.clock + max(0, elapsed))
+    _batch(vm, "restore").run()
+
+
+def _batch(vm: Vm, kind: str) -> IoctlBatch:
+    batch = vm.batches.get(kind)
+    if batch is None:
+        if kind == "capture":
+            steps = [vm.get_step(part) for part in CAPTURE_ORDER]
+        else:
+            steps = [vm.set_step(part) for part in RESTORE_ORDER]
+        batch = vm.batches[kind] = IoctlBatch(vm.fd, steps)
+    return batch

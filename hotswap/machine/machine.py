@@ -35,6 +35,7 @@ from hotswap.machine.vcpu_thread import VcpuThread
 from hotswap.machine.virtio import virtio_specs
 from hotswap.state import get_field, pack, unpack
 from kvm import RegionSpec, vcpu_state, vm_state
+from kvm.batch import IoctlBatch
 
 PAUSE_TIMEOUT = 5.0
 
@@ -172,6 +173,14 @@ class Machine:
         self._gate.close()
         for thread in self.vcpu_threads:
             thread.start(paused=True)
+        # Each vCPU's first KVM_RUN from its own thread happens now (immediate_exit: no guest code runs), not
+        # right after the resume: _start_kvm_workers() entered vCPU 0 from this thread, and a vCPU that changes
+        # threads pays for it at its next entry (Vcpu.enter_step()).
+        for thread in self.vcpu_threads:
+            assert thread.vcpu.immediate_exit, "a parked vCPU keeps immediate_exit set until its resume"
+            thread.post_batch(IoctlBatch(thread.vcpu.fd, [thread.vcpu.enter_step()]))
+        for thread in self.vcpu_threads:
+            thread.wait_posted(PAUSE_TIMEOUT)
         # A first restore on each vCPU's own thread (of its own fresh state: a no-op) warms that path and loads
         # the vCPU on its CPU, so the real one inside the pause window does not move it there (an IPI each way).
         for thread in self.vcpu_threads:

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from hotswap.boot.cpuid import CpuidEntry, shape_cpuid
 from hotswap.errors import ConfigError
 from hotswap.layout import KVM_IDENTITY_MAP_ADDR, KVM_TSS_ADDR
-from kvm import GuestMemory, Kvm, RegionSpec, Vcpu, Vm, vcpu_state
+from kvm import GuestMemory, Kvm, RegionSpec, Vcpu, Vm, vcpu_state, vm_state
 
 
 @dataclass
@@ -70,6 +70,7 @@ def build_platform(cpus: int, regions: Sequence[RegionSpec], memory_fds: Sequenc
                 msr_list = vcpu_state.msr_candidates(kvm, vcpu)
             vcpu_state.prepare(vcpu, msr_list)
             vcpus.append(vcpu)
+        vm_state.prepare(vm)
         timings["platform_us"] = (time.perf_counter_ns() - start) // 1000
         return Platform(kvm, vm, memory, vcpus, tsc_khz, supported, timings)
     except BaseException:

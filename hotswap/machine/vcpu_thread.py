@@ -105,6 +105,11 @@ class VcpuThread:
     def index(self) -> int:
         return self.vcpu.id
 
+    @property
+    def native_id(self) -> int | None:
+        """The thread's kernel thread id, once it runs."""
+        return self._thread.native_id
+
     def start(self, paused: bool = False) -> None:
         """Start the thread; with paused=True it parks at the gate before its first KVM_RUN."""
         if paused:

@@ -4,6 +4,7 @@ it (a successor's vCPU restore) and reports what KVM refused."""
 
 from __future__ import annotations
 
+import os
 import struct
 import threading
 import time
@@ -102,6 +103,22 @@ def test_a_posted_restore_batch_runs_on_the_parked_vcpu_thread(parked: Machine) 
     thread.post_batch(vcpu_state.load(vcpu, _with_rax(vcpu_state.capture(vcpu), 0xFEED_F00D)), spin_after=True)
     assert thread.wait_posted(5) >= 0
     assert struct.unpack_from("<Q", vcpu_state.capture(vcpu).regs)[0] == 0xFEED_F00D
+
+
+def kvm_vcpu_pid(machine: Machine, index: int) -> int:
+    """The thread KVM has recorded as running a vCPU (debugfs: kvm/PID-VMFD/vcpuN/pid)."""
+    where = Path("/sys/kernel/debug/kvm") / f"{os.getpid()}-{machine.platform.vm.fd}" / f"vcpu{index}" / "pid"
+    if not where.exists():
+        pytest.skip(f"KVM's debugfs is not mounted here ({where} is missing): cannot see which thread owns a vCPU")
+    return int(where.read_text())
+
+
+def test_a_parked_vcpu_already_belongs_to_its_own_thread(parked: Machine) -> None:
+    """A successor's vCPUs are entered once from their own threads before the pause (immediate_exit: no guest
+    code), so the first real entry after the resume is not the one that moves the vCPU between threads."""
+    for thread in parked.vcpu_threads:
+        assert thread.vcpu.immediate_exit
+        assert kvm_vcpu_pid(parked, thread.index) == thread.native_id != os.getpid()
 
 
 def test_a_posted_batch_that_kvm_refuses_names_the_ioctl(parked: Machine) -> None:
