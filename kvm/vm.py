@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 from types import TracebackType
 from typing import TYPE_CHECKING
@@ -180,10 +181,10 @@ class Vm:
         buf, op = self._part_buffer(part)
         size = ffi.sizeof(buf[0])
         if len(blob) != size:
-            raise KvmError(f"KVM_SET_{op}", 22, f"{part} state blob is {len(blob)} bytes, expected {size}")
-        if op == "IRQCHIP" and int.from_bytes(blob[:4], "little") != IRQCHIPS[part]:
-            found = int.from_bytes(blob[:4], "little")
-            raise KvmError("KVM_SET_IRQCHIP", 22, f"{part} state blob is for irqchip {found}, not {IRQCHIPS[part]}")
+            raise KvmError(f"KVM_SET_{op}", errno.EINVAL, f"{part} state blob is {len(blob)} bytes, expected {size}")
+        chip_id = int.from_bytes(blob[:4], "little")  # struct kvm_irqchip starts with it
+        if op == "IRQCHIP" and chip_id != IRQCHIPS[part]:
+            raise KvmError("KVM_SET_IRQCHIP", errno.EINVAL, f"{part} state blob is for irqchip {chip_id}")
         ffi.memmove(buf, blob, size)
 
     def clock_read(self) -> tuple[int, int, int]:
@@ -192,53 +193,10 @@ class Vm:
         return int(data.clock), int(data.flags), int(data.realtime)
 
     def load_clock(self, clock_ns: int, realtime_ns: int | None = None) -> None:
-        """Fill the clock buffer as set_clock() would send it."""
+        """Fill the clock buffer: with realtime_ns, KVM advances the clock by the real time elapsed since then."""
         data = self._clock
         ffi.memmove(data, bytes(ffi.sizeof(data[0])), ffi.sizeof(data[0]))
         data.clock = clock_ns
         if realtime_ns is not None:
             data.flags = lib.KVM_CLOCK_REALTIME
             data.realtime = realtime_ns
-
-    def get_irqchip(self, chip_id: int) -> bytes:
-        chip = ffi.new("struct kvm_irqchip *")
-        chip.chip_id = chip_id
-        ioctl(self.fd, lib.KVM_GET_IRQCHIP, chip, "KVM_GET_IRQCHIP")
-        return bytes(ffi.buffer(chip))
-
-    def set_irqchip(self, blob: bytes) -> None:
-        chip = _struct_from_blob("struct kvm_irqchip *", blob, "KVM_SET_IRQCHIP")
-        ioctl(self.fd, lib.KVM_SET_IRQCHIP, chip, "KVM_SET_IRQCHIP")
-
-    def get_pit2(self) -> bytes:
-        pit = ffi.new("struct kvm_pit_state2 *")
-        ioctl(self.fd, lib.KVM_GET_PIT2, pit, "KVM_GET_PIT2")
-        return bytes(ffi.buffer(pit))
-
-    def set_pit2(self, blob: bytes) -> None:
-        pit = _struct_from_blob("struct kvm_pit_state2 *", blob, "KVM_SET_PIT2")
-        ioctl(self.fd, lib.KVM_SET_PIT2, pit, "KVM_SET_PIT2")
-
-    def get_clock(self) -> tuple[int, int, int]:
-        """(kvmclock ns, flags, host realtime ns when KVM_CLOCK_REALTIME is in flags)."""
-        data = ffi.new("struct kvm_clock_data *")
-        ioctl(self.fd, lib.KVM_GET_CLOCK, data, "KVM_GET_CLOCK")
-        return int(data.clock), int(data.flags), int(data.realtime)
-
-    def set_clock(self, clock_ns: int, realtime_ns: int | None = None) -> None:
-        """Set kvmclock. With realtime_ns, KVM advances the clock by the real time elapsed since then."""
-        data = ffi.new("struct kvm_clock_data *")
-        data.clock = clock_ns
-        if realtime_ns is not None:
-            data.flags = lib.KVM_CLOCK_REALTIME
-            data.realtime = realtime_ns
-        ioctl(self.fd, lib.KVM_SET_CLOCK, data, "KVM_SET_CLOCK")
-
-
-def _struct_from_blob(ctype: str, blob: bytes, op: str) -> CData:
-    obj = ffi.new(ctype)
-    size = ffi.sizeof(obj[0])
-    if len(blob) != size:
-        raise KvmError(op, 22, f"state blob is {len(blob)} bytes, {ctype[:-2]} is {size}")
-    ffi.memmove(obj, blob, size)
-    return obj

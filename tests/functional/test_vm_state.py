@@ -65,7 +65,7 @@ def test_the_clock_runs_on_across_a_restore(platform: Platform) -> None:
     [
         ("pit2", b"\0" * 10, r"KVM_SET_PIT2.*pit2 state blob is 10 bytes, expected \d+"),
         ("pic_slave", b"\0" * 3, r"KVM_SET_IRQCHIP.*pic_slave state blob is 3 bytes"),
-        ("ioapic", None, r"KVM_SET_IRQCHIP.*ioapic state blob is for irqchip 0, not 2"),
+        ("ioapic", None, r"KVM_SET_IRQCHIP.*ioapic state blob is for irqchip 0$"),
     ],
 )
 def test_a_bad_blob_is_refused_before_any_ioctl(
