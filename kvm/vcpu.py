@@ -247,7 +247,7 @@ class Vcpu:
         """KVM_RUN as a batch step, for a first entry with immediate_exit set: no guest code runs, but KVM records
         the calling thread as this vCPU's. The first KVM_RUN from a thread that is not the recorded one pays for
         the change (kernels that still guarded vcpu->pid with RCU, before its 2024 switch to a rwlock, wait for a
-        grace period: milliseconds), and on this host a fresh vCPU's first entry takes ~20 us longer."""
+        grace period: milliseconds); on this host it also takes ~20 us off the fresh vCPU's first real entry."""
         return Step(lib.KVM_RUN, ffi.NULL, "KVM_RUN", ADVISORY)
 
     def load_part(self, part: str, value: bytes | int, msr_index: int = 0) -> None:

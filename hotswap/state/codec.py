@@ -19,10 +19,11 @@ stack of open containers, with no call per value, and lists of [index, value] pa
 few C-level calls. Where an error sits (`vcpus[1].regs`) is worked out from that stack only once an error happens,
 so the happy path pays nothing for it.
 
-`encode` and `decode` first try the same work in C (`_fastcodec.c`, built with the package): in a handover's pause
-this code runs cold, where the C loop takes a fraction of the Python one's time. The C module hands anything it
-does not handle exactly as this reference does (subclasses, BIGINTs, every malformed input) back to the Python
-codec, which encodes it or raises the error that names where it sits; without the module the Python codec does all.
+`encode` and `decode` first try the same work in C (`_fastcodec.c`, built with the package): in a handover's pause,
+where this code runs cold, the C module takes half to two thirds of the Python codec's time (a fifth or less of it
+warm). The C module hands anything it does not handle exactly as this reference does (subclasses, BIGINTs, every
+malformed input) back to the Python codec, which encodes it or raises the error that names where it sits; without
+the module the Python codec does all.
 """
 
 from __future__ import annotations
