@@ -19,6 +19,7 @@ IRQCHIP_PIC_MASTER = lib.KVM_IRQCHIP_PIC_MASTER
 IRQCHIP_PIC_SLAVE = lib.KVM_IRQCHIP_PIC_SLAVE
 IRQCHIP_IOAPIC = lib.KVM_IRQCHIP_IOAPIC
 IRQCHIPS = {"pic_master": IRQCHIP_PIC_MASTER, "pic_slave": IRQCHIP_PIC_SLAVE, "ioapic": IRQCHIP_IOAPIC}
+BLOB_PARTS = (*IRQCHIPS, "pit2")  # the VM-wide state parts that travel as raw structs (the clock travels as ints)
 
 
 class Vm:
@@ -182,9 +183,10 @@ class Vm:
         size = ffi.sizeof(buf[0])
         if len(blob) != size:
             raise KvmError(f"KVM_SET_{op}", errno.EINVAL, f"{part} state blob is {len(blob)} bytes, expected {size}")
-        chip_id = int.from_bytes(blob[:4], "little")  # struct kvm_irqchip starts with it
-        if op == "IRQCHIP" and chip_id != IRQCHIPS[part]:
-            raise KvmError("KVM_SET_IRQCHIP", errno.EINVAL, f"{part} state blob is for irqchip {chip_id}")
+        if op == "IRQCHIP":
+            chip_id = int.from_bytes(blob[:4], "little")  # struct kvm_irqchip starts with it
+            if chip_id != IRQCHIPS[part]:
+                raise KvmError("KVM_SET_IRQCHIP", errno.EINVAL, f"{part} state blob is for irqchip {chip_id}")
         ffi.memmove(buf, blob, size)
 
     def clock_read(self) -> tuple[int, int, int]:
@@ -194,9 +196,7 @@ class Vm:
 
     def load_clock(self, clock_ns: int, realtime_ns: int | None = None) -> None:
         """Fill the clock buffer: with realtime_ns, KVM advances the clock by the real time elapsed since then."""
-        data = self._clock
-        ffi.memmove(data, bytes(ffi.sizeof(data[0])), ffi.sizeof(data[0]))
+        data = self._clock  # also the capture's buffer: every field KVM_SET_CLOCK reads is set here
         data.clock = clock_ns
-        if realtime_ns is not None:
-            data.flags = lib.KVM_CLOCK_REALTIME
-            data.realtime = realtime_ns
+        data.flags = 0 if realtime_ns is None else lib.KVM_CLOCK_REALTIME
+        data.realtime = 0 if realtime_ns is None else realtime_ns

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from kvm._ffi import lib
 from kvm.batch import IoctlBatch
-from kvm.vm import Vm
+from kvm.vm import BLOB_PARTS, Vm
 
 
 @dataclass(slots=True)
@@ -76,7 +76,7 @@ def capture(vm: Vm) -> VmState:
 
 def restore(vm: Vm, state: VmState) -> None:
     """Write a captured VM state (every blob checked before the first ioctl)."""
-    for part in ("pit2", "pic_master", "pic_slave", "ioapic"):
+    for part in BLOB_PARTS:
         vm.load_part(part, getattr(state, part))
     if state.clock_flags & lib.KVM_CLOCK_REALTIME:
         vm.load_clock(state.clock, realtime_ns=state.clock_realtime)

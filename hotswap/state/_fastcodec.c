@@ -56,38 +56,22 @@ static int out_reserve(Out *out, size_t more) {
     return 0;
 }
 
-static void put_u32(char *at, uint32_t value) {
-    for (int i = 0; i < 4; i++)
-        at[i] = (char)(value >> (8 * i));
-}
-
-static void put_u64(char *at, uint64_t value) {
-    for (int i = 0; i < 8; i++)
-        at[i] = (char)(value >> (8 * i));
-}
-
-static int put_tag_u32(Out *out, int tag, uint32_t value) {
-    if (out_reserve(out, 5) < 0)
+/* a tag and its little-endian body of `width` bytes (4: a length or count, 8: an int) */
+static int put_tag(Out *out, int tag, uint64_t value, int width) {
+    if (out_reserve(out, 1 + (size_t)width) < 0)
         return -1;
-    out->data[out->length] = (char)tag;
-    put_u32(out->data + out->length + 1, value);
-    out->length += 5;
-    return 0;
-}
-
-static int put_tag_u64(Out *out, int tag, uint64_t value) {
-    if (out_reserve(out, 9) < 0)
-        return -1;
-    out->data[out->length] = (char)tag;
-    put_u64(out->data + out->length + 1, value);
-    out->length += 9;
+    char *at = out->data + out->length;
+    at[0] = (char)tag;
+    for (int i = 0; i < width; i++)
+        at[1 + i] = (char)(value >> (8 * i));
+    out->length += 1 + (size_t)width;
     return 0;
 }
 
 static int put_blob(Out *out, int tag, const char *data, Py_ssize_t size) {
     if ((unsigned long long)size > MAX_LENGTH)
         return 1;
-    if (put_tag_u32(out, tag, (uint32_t)size) < 0 || out_reserve(out, (size_t)size) < 0)
+    if (put_tag(out, tag, (uint64_t)size, 4) < 0 || out_reserve(out, (size_t)size) < 0)
         return -1;
     memcpy(out->data + out->length, data, (size_t)size);
     out->length += (size_t)size;
@@ -113,8 +97,8 @@ static int put_int(Out *out, PyObject *value) {
     if (small == -1 && PyErr_Occurred())
         return -1;
     if (overflow == 0)
-        return small >= 0 ? put_tag_u64(out, TAG_UINT, (uint64_t)small)
-                          : put_tag_u64(out, TAG_NEGINT, (uint64_t)(-1 - small));
+        return small >= 0 ? put_tag(out, TAG_UINT, (uint64_t)small, 8)
+                          : put_tag(out, TAG_NEGINT, (uint64_t)(-1 - small), 8);
     if (overflow < 0)
         return 1; /* below -2**63: the reference writes NEGINT or BIGINT */
     unsigned long long big = PyLong_AsUnsignedLongLong(value);
@@ -124,7 +108,7 @@ static int put_int(Out *out, PyObject *value) {
         PyErr_Clear();
         return 1; /* 2**64 or more: BIGINT */
     }
-    return put_tag_u64(out, TAG_UINT, big);
+    return put_tag(out, TAG_UINT, big, 8);
 }
 
 /* 0 written, 1 not handled here (the caller falls back), -1 a Python error */
@@ -138,7 +122,7 @@ static int encode_value(Out *out, PyObject *value, int depth) {
         if (depth >= MAX_DEPTH)
             return 1;
         Py_ssize_t count = PyDict_GET_SIZE(value);
-        if (put_tag_u32(out, TAG_DICT, (uint32_t)count) < 0)
+        if (put_tag(out, TAG_DICT, (uint64_t)count, 4) < 0)
             return -1;
         Py_ssize_t position = 0;
         PyObject *key, *item;
@@ -159,7 +143,7 @@ static int encode_value(Out *out, PyObject *value, int depth) {
         Py_ssize_t count = PyList_GET_SIZE(value);
         if ((unsigned long long)count > MAX_LENGTH)
             return 1;
-        if (put_tag_u32(out, TAG_LIST, (uint32_t)count) < 0)
+        if (put_tag(out, TAG_LIST, (uint64_t)count, 4) < 0)
             return -1;
         for (Py_ssize_t i = 0; i < PyList_GET_SIZE(value); i++) {
             int rc = encode_value(out, PyList_GET_ITEM(value, i), depth + 1);
@@ -200,16 +184,10 @@ typedef struct {
     size_t pos;
 } In;
 
-static uint32_t get_u32(const unsigned char *at) {
-    uint32_t value = 0;
-    for (int i = 3; i >= 0; i--)
-        value = (value << 8) | at[i];
-    return value;
-}
-
-static uint64_t get_u64(const unsigned char *at) {
+/* a little-endian unsigned int of `width` bytes */
+static uint64_t get_le(const unsigned char *at, int width) {
     uint64_t value = 0;
-    for (int i = 7; i >= 0; i--)
+    for (int i = width - 1; i >= 0; i--)
         value = (value << 8) | at[i];
     return value;
 }
@@ -218,7 +196,7 @@ static uint64_t get_u64(const unsigned char *at) {
 static int take_body(In *in, const unsigned char **body, size_t *size) {
     if (in->end - in->pos < 5)
         return -1;
-    uint32_t length = get_u32(in->data + in->pos + 1);
+    uint32_t length = (uint32_t)get_le(in->data + in->pos + 1, 4);
     if (in->end - in->pos - 5 < length)
         return -1;
     *body = in->data + in->pos + 5;
@@ -258,7 +236,7 @@ static PyObject *decode_value(In *in, int depth) {
     case TAG_NEGINT: {
         if (in->end - in->pos < 9)
             return NULL;
-        uint64_t magnitude = get_u64(in->data + in->pos + 1);
+        uint64_t magnitude = get_le(in->data + in->pos + 1, 8);
         in->pos += 9;
         if (tag == TAG_UINT)
             return PyLong_FromUnsignedLongLong(magnitude);
@@ -279,7 +257,7 @@ static PyObject *decode_value(In *in, int depth) {
     case TAG_DICT: {
         if (in->end - in->pos < 5)
             return NULL;
-        uint32_t count = get_u32(in->data + in->pos + 1);
+        uint32_t count = (uint32_t)get_le(in->data + in->pos + 1, 4);
         in->pos += 5;
         if (count > in->end - in->pos || depth >= MAX_DEPTH) /* every item takes at least one byte */
             return NULL;

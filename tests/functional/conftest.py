@@ -11,6 +11,9 @@ import pytest
 from framework.guest import test_guest
 from framework.vmm import GuestVm
 
+from hotswap.machine.platform import Platform, build_platform
+from kvm.memory import RegionSpec
+
 
 @pytest.fixture(scope="session")
 def guest_elf() -> Path:
@@ -25,6 +28,16 @@ def vm(run_dir: Path) -> Iterator[GuestVm]:
         yield machine
     finally:
         machine.kill()
+
+
+@pytest.fixture
+def platform() -> Iterator[Platform]:
+    """A bare KVM platform (VM, 16 MiB of RAM, one vCPU that never runs), for state capture and restore."""
+    built = build_platform(1, [RegionSpec(0, 16 << 20)])
+    try:
+        yield built
+    finally:
+        built.close()
 
 
 @pytest.fixture

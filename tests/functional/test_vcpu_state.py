@@ -4,25 +4,14 @@ round trip keeps every byte, and KVM refusing a step names the ioctl and what it
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterator
 
 import pytest
 
-from hotswap.machine.platform import Platform, build_platform
+from hotswap.machine.platform import Platform
 from kvm import KvmError, vcpu_state
-from kvm.memory import RegionSpec
 from kvm.vcpu_state import MSR_IA32_TSC_DEADLINE, VcpuState
 
 pytestmark = pytest.mark.kvm
-
-
-@pytest.fixture
-def platform() -> Iterator[Platform]:
-    built = build_platform(1, [RegionSpec(0, 16 << 20)])
-    try:
-        yield built
-    finally:
-        built.close()
 
 
 def test_capture_restore_round_trip_keeps_every_byte(platform: Platform) -> None:
