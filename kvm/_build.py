@@ -244,11 +244,44 @@ int hs_munmap(void *addr, size_t length);
 int hs_madvise(void *addr, size_t length, int advice);
 int hs_install_kick_handler(int signo);
 size_t hs_run_union_offset(void);
+/* A vCPU's state record in memory shared by the old VMM and its successor (kvm/lane.py). */
+struct hs_lane_piece { void *buf; uint32_t size; };
+struct hs_lane {
+    uint8_t *slot; uint32_t capacity;
+    uint32_t layout; uint32_t vcpu_id; uint64_t generation;
+    int notify_fd; int batch_fd;
+    int count; struct hs_lane_piece pieces[16];
+    const struct hs_ioctl_step *steps; int steps_count;
+    const struct hs_ioctl_step *armed; int armed_count;
+    int deadline_piece;
+    int fault;
+    int status; int done; int rc; uint32_t found; uint32_t expected;
+    long long began_ns; long long ran_ns;
+};
+#define HS_LANE_HEADER_BYTES ...
+#define HS_LANE_MAX_PIECES ...
+#define HS_LANE_OK ...
+#define HS_LANE_STEP_FAILED ...
+#define HS_LANE_NO_RECORD ...
+#define HS_LANE_BAD_LAYOUT ...
+#define HS_LANE_WRONG_VCPU ...
+#define HS_LANE_WRONG_GENERATION ...
+#define HS_LANE_BAD_LENGTH ...
+#define HS_LANE_BAD_CHECKSUM ...
+#define HS_LANE_TOO_BIG ...
+#define HS_LANE_FAULT_CORRUPT ...
+#define HS_LANE_FAULT_TRUNCATE ...
+#define HS_LANE_FAULT_BADVERSION ...
+int hs_lane_send(struct hs_lane *lane);
+int hs_lane_take(struct hs_lane *lane);
+uint64_t hs_lane_checksum(const uint8_t *data, size_t size);
+
 struct hs_park {
     int gate_fd; int wake_fd; int done_fd; int batch_fd;
     const struct hs_ioctl_step *steps; int count;
     int done; int rc;
     long long spin_ns; long long ran_ns;
+    struct hs_lane *lane;
 };
 int hs_park(struct hs_park *park);
 int hs_open_and_wait(int gate_fd, int counter_fd, int count, int timeout_ms);
@@ -338,11 +371,26 @@ static int hs_ioctl_ptr(int fd, unsigned long request, void *arg) {
    `expect` (-1: any non-negative value); returns that step's index, or `count` when all ran, with the step's
    return value (-errno on failure) in *rc. */
 struct hs_ioctl_step { unsigned long request; void *arg; int expect; };
+struct hs_lane_piece { void *buf; uint32_t size; };
+#define HS_LANE_MAX_PIECES 16
+struct hs_lane {
+    uint8_t *slot; uint32_t capacity;
+    uint32_t layout; uint32_t vcpu_id; uint64_t generation;
+    int notify_fd; int batch_fd;
+    int count; struct hs_lane_piece pieces[HS_LANE_MAX_PIECES];
+    const struct hs_ioctl_step *steps; int steps_count;
+    const struct hs_ioctl_step *armed; int armed_count;
+    int deadline_piece;
+    int fault;
+    int status; int done; int rc; uint32_t found; uint32_t expected;
+    long long began_ns; long long ran_ns;
+};
 struct hs_park {
     int gate_fd; int wake_fd; int done_fd; int batch_fd;
     const struct hs_ioctl_step *steps; int count;
     int done; int rc;
     long long spin_ns; long long ran_ns;
+    struct hs_lane *lane;
 };
 static int hs_ioctl_batch(int fd, const struct hs_ioctl_step *steps, int count, int *rc) {
     for (int i = 0; i < count; i++) {
@@ -398,6 +446,158 @@ static int hs_spin_readable(int fd, long long max_ns) {
     }
 }
 
+/* ---- a vCPU's state record in shared memory (kvm/lane.py) ----
+   The old VMM's vCPU thread reads its vCPU (the capture batch) and copies the buffers into its slot of a memfd
+   mapped by both processes; the successor's parked vCPU thread checks the record and restores it (a restore
+   batch), both in C without the GIL: the vCPU state never passes through either main thread.
+   Header (little-endian): u64 magic, u32 layout, u32 vCPU id, u64 generation, u32 payload bytes, u32 flags (0),
+   u64 checksum of the payload, 24 reserved bytes; the payload (the pieces, in order) follows. The magic is
+   stored last (release) and cleared by the reader once it took the record. */
+#define HS_LANE_MAGIC 0x3130555043565348ULL  /* "HSVCPU01" */
+#define HS_LANE_HEADER_BYTES 64
+#define HS_LANE_OK 0
+#define HS_LANE_STEP_FAILED 1       /* an ioctl of the batch failed: done, rc */
+#define HS_LANE_NO_RECORD 2         /* woken, but no record (magic missing) */
+#define HS_LANE_BAD_LAYOUT 3        /* found: the record's layout version */
+#define HS_LANE_WRONG_VCPU 4        /* found: the record's vCPU id */
+#define HS_LANE_WRONG_GENERATION 5
+#define HS_LANE_BAD_LENGTH 6        /* found / expected: payload bytes */
+#define HS_LANE_BAD_CHECKSUM 7
+#define HS_LANE_TOO_BIG 8           /* writer: the pieces do not fit the slot */
+#define HS_LANE_FAULT_CORRUPT 1     /* writer faults for the safety tests (hotswap/handover/faults.py) */
+#define HS_LANE_FAULT_TRUNCATE 2
+#define HS_LANE_FAULT_BADVERSION 3
+struct hs_lane_header {
+    uint64_t magic; uint32_t layout; uint32_t vcpu_id; uint64_t generation;
+    uint32_t payload_bytes; uint32_t flags; uint64_t checksum; uint64_t reserved[3];
+};
+_Static_assert(sizeof(struct hs_lane_header) == HS_LANE_HEADER_BYTES, "lane header");
+
+/* FNV-1a over 64-bit words (the tail zero-padded): every single-byte change changes the result (each step is a
+   bijection of the running value), and it runs at a word per multiply (~10 KB in a few us). */
+static uint64_t hs_lane_checksum(const uint8_t *data, size_t size) {
+    uint64_t hash = 0xcbf29ce484222325ULL;
+    size_t i = 0;
+    for (; i + 8 <= size; i += 8) {
+        uint64_t word;
+        memcpy(&word, data + i, 8);
+        hash = (hash ^ word) * 0x100000001b3ULL;
+    }
+    if (i < size) {
+        uint64_t word = 0;
+        memcpy(&word, data + i, size - i);
+        hash = (hash ^ word) * 0x100000001b3ULL;
+    }
+    return hash ^ (uint64_t)size;
+}
+
+static uint32_t hs_lane_payload_bytes(const struct hs_lane *lane) {
+    uint32_t total = 0;
+    for (int i = 0; i < lane->count; i++) total += lane->pieces[i].size;
+    return total;
+}
+
+/* Writer: capture the vCPU (lane->steps on batch_fd), write the record, signal notify_fd. */
+static int hs_lane_send(struct hs_lane *lane) {
+    struct timespec start, end;
+    clock_gettime(CLOCK_MONOTONIC, &start);
+    lane->began_ns = start.tv_sec * 1000000000LL + start.tv_nsec;
+    lane->found = lane->expected = 0;
+    lane->done = hs_ioctl_batch(lane->batch_fd, lane->steps, lane->steps_count, &lane->rc);
+    if (lane->done != lane->steps_count) return lane->status = HS_LANE_STEP_FAILED;
+    uint32_t total = hs_lane_payload_bytes(lane);
+    if (total > lane->capacity - HS_LANE_HEADER_BYTES) {
+        lane->found = total;
+        lane->expected = lane->capacity - HS_LANE_HEADER_BYTES;
+        return lane->status = HS_LANE_TOO_BIG;
+    }
+    struct hs_lane_header *header = (struct hs_lane_header *)lane->slot;
+    uint8_t *payload = lane->slot + HS_LANE_HEADER_BYTES;
+    __atomic_store_n(&header->magic, 0, __ATOMIC_RELAXED);
+    uint32_t at = 0;
+    for (int i = 0; i < lane->count; i++) {
+        memcpy(payload + at, lane->pieces[i].buf, lane->pieces[i].size);
+        at += lane->pieces[i].size;
+    }
+    header->layout = lane->layout;
+    header->vcpu_id = lane->vcpu_id;
+    header->generation = lane->generation;
+    header->payload_bytes = total;
+    header->flags = 0;
+    header->checksum = hs_lane_checksum(payload, total);
+    memset(header->reserved, 0, sizeof header->reserved);
+    if (lane->fault == HS_LANE_FAULT_CORRUPT && total > 0) payload[total / 2] ^= 0xFF;
+    if (lane->fault == HS_LANE_FAULT_TRUNCATE) header->payload_bytes = total / 2;
+    if (lane->fault == HS_LANE_FAULT_BADVERSION) header->layout = 99;
+    __atomic_store_n(&header->magic, HS_LANE_MAGIC, __ATOMIC_RELEASE);
+    uint64_t one = 1;
+    if (write(lane->notify_fd, &one, sizeof one) < 0) {
+        lane->rc = -errno;
+        lane->done = lane->steps_count;
+        return lane->status = HS_LANE_STEP_FAILED;
+    }
+    clock_gettime(CLOCK_MONOTONIC, &end);
+    lane->ran_ns = hs_ns_between(&start, &end);
+    return lane->status = HS_LANE_OK;
+}
+
+/* Reader: check the record (everything before the first ioctl), copy it into the restore buffers, run the restore
+   batch for a TSC deadline disarmed (steps) or armed (armed: the deadline piece's MSR value is not 0). */
+static int hs_lane_take(struct hs_lane *lane) {
+    struct timespec start, end;
+    clock_gettime(CLOCK_MONOTONIC, &start);
+    lane->began_ns = start.tv_sec * 1000000000LL + start.tv_nsec;
+    const struct hs_lane_header *header = (const struct hs_lane_header *)lane->slot;
+    const uint8_t *payload = lane->slot + HS_LANE_HEADER_BYTES;
+    lane->found = lane->expected = 0;
+    lane->done = 0;
+    lane->rc = 0;
+    if (__atomic_load_n(&header->magic, __ATOMIC_ACQUIRE) != HS_LANE_MAGIC) return lane->status = HS_LANE_NO_RECORD;
+    if (header->layout != lane->layout) {
+        lane->found = header->layout;
+        lane->expected = lane->layout;
+        return lane->status = HS_LANE_BAD_LAYOUT;
+    }
+    if (header->vcpu_id != lane->vcpu_id) {
+        lane->found = header->vcpu_id;
+        lane->expected = lane->vcpu_id;
+        return lane->status = HS_LANE_WRONG_VCPU;
+    }
+    if (header->generation != lane->generation) {
+        lane->found = (uint32_t)header->generation;
+        lane->expected = (uint32_t)lane->generation;
+        return lane->status = HS_LANE_WRONG_GENERATION;
+    }
+    uint32_t total = hs_lane_payload_bytes(lane);
+    if (header->payload_bytes != total || total > lane->capacity - HS_LANE_HEADER_BYTES) {
+        lane->found = header->payload_bytes;
+        lane->expected = total;
+        return lane->status = HS_LANE_BAD_LENGTH;
+    }
+    if (header->checksum != hs_lane_checksum(payload, total)) return lane->status = HS_LANE_BAD_CHECKSUM;
+    uint32_t at = 0;
+    for (int i = 0; i < lane->count; i++) {
+        memcpy(lane->pieces[i].buf, payload + at, lane->pieces[i].size);
+        at += lane->pieces[i].size;
+    }
+    __atomic_store_n(&((struct hs_lane_header *)lane->slot)->magic, 0, __ATOMIC_RELEASE);
+    const struct hs_ioctl_step *steps = lane->steps;
+    int count = lane->steps_count;
+    if (lane->deadline_piece >= 0) {
+        uint64_t deadline;  /* struct kvm_msr_entry: u32 index, u32 reserved, u64 data */
+        memcpy(&deadline, (const uint8_t *)lane->pieces[lane->deadline_piece].buf + 8, 8);
+        if (deadline != 0) {
+            steps = lane->armed;
+            count = lane->armed_count;
+        }
+    }
+    lane->done = hs_ioctl_batch(lane->batch_fd, steps, count, &lane->rc);
+    lane->expected = (uint32_t)count;
+    clock_gettime(CLOCK_MONOTONIC, &end);
+    lane->ran_ns = hs_ns_between(&start, &end);
+    return lane->status = lane->done == count ? HS_LANE_OK : HS_LANE_STEP_FAILED;
+}
+
 /* Open a gate (write 1 to its eventfd) and wait, still without the GIL, until a semaphore eventfd was signalled
    `count` times or timeout_ms passed: the threads released need the GIL at once, and a caller that took it back
    between the two would make each of them wait for it. Returns how many signals arrived, or -errno. */
@@ -420,18 +620,31 @@ static int hs_open_and_wait(int gate_fd, int counter_fd, int count, int timeout_
 }
 
 /* A parked thread's wait, without the GIL: returns 1 when gate_fd is readable (open), -errno if poll failed. A
+   record arriving in its lane (lane != NULL, lane->notify_fd readable) is taken here (hs_lane_take), once; a
    batch posted to it (steps != NULL when wake_fd is signalled) runs here: its result goes to done/rc and its
    duration to ran_ns, then done_fd is signalled and, with spin_ns, the gate is polled without sleeping for that
    long before the thread sleeps again. */
 static int hs_park(struct hs_park *park) {
-    struct pollfd want[2] = { { .fd = park->gate_fd, .events = POLLIN }, { .fd = park->wake_fd, .events = POLLIN } };
+    struct pollfd want[3] = { { .fd = park->gate_fd, .events = POLLIN }, { .fd = park->wake_fd, .events = POLLIN },
+                              { .fd = -1, .events = POLLIN } };
     uint64_t count;
     for (;;) {
-        if (poll(want, 2, -1) < 0) {
+        want[2].fd = park->lane != NULL ? park->lane->notify_fd : -1;  /* poll ignores a negative fd */
+        if (poll(want, 3, -1) < 0) {
             if (errno == EINTR) continue;
             return -errno;
         }
         if (want[0].revents & POLLIN) return 1;
+        if (park->lane != NULL && (want[2].revents & POLLIN)) {
+            /* A record in the lane: take it once (the lane is detached), then report like a posted batch. */
+            if (read(park->lane->notify_fd, &count, sizeof count) < 0 && errno != EAGAIN) return -errno;
+            hs_lane_take(park->lane);
+            park->lane = NULL;
+            count = 1;
+            if (write(park->done_fd, &count, sizeof count) < 0) return -errno;
+            if (park->spin_ns > 0 && hs_spin_readable(park->gate_fd, park->spin_ns) == 1) return 1;
+            continue;
+        }
         if (!(want[1].revents & POLLIN)) continue;
         if (read(park->wake_fd, &count, sizeof count) < 0 && errno != EAGAIN) return -errno;
         if (park->steps == NULL) continue;

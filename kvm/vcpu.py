@@ -62,6 +62,7 @@ class Vcpu:
         self._xsave = ffi.cast("struct kvm_xsave *", self._xsave_raw)
         self._msrs: CData = None
         self._msr_count = 0
+        self._msr_indices: tuple[int, ...] = ()
         self._msr_layout = struct.Struct("<")
         self._msr_view: CData = None
         self._write_msrs: dict[tuple[int, bool], CData] = {}
@@ -134,6 +135,7 @@ class Vcpu:
         """Fix the list of MSRs get_msrs() reads, with a buffer allocated once."""
         count = len(indices)
         self._msr_count = count
+        self._msr_indices = tuple(indices)
         self.batches.clear()  # they hold the buffer this replaces
         self._msrs = ffi.new("struct kvm_msrs *", {"nmsrs": count, "entries": count})
         self._msrs.nmsrs = count
@@ -142,6 +144,11 @@ class Vcpu:
         self._msr_layout = struct.Struct("<" + "IxxxxQ" * count)
         self._msr_view = ffi.buffer(self._msrs.entries, 16 * count)
         self._msr_layout.pack_into(self._msr_view, 0, *[v for index in indices for v in (index, 0)])
+
+    @property
+    def msr_indices(self) -> tuple[int, ...]:
+        """The MSRs a capture reads, in order (set_msr_indices)."""
+        return self._msr_indices
 
     def get_msrs(self) -> list[tuple[int, int]]:
         """Read the MSRs fixed by set_msr_indices(); all of them must be readable."""
@@ -242,6 +249,26 @@ class Vcpu:
             return Step(lib.KVM_KVMCLOCK_CTRL, ffi.NULL, "KVM_KVMCLOCK_CTRL", ADVISORY)
         buf, _size, _get, put, _get_name, name = self._blob(part)
         return Step(put, buf, name)
+
+    def capture_buffer(self, part: str) -> tuple[CData, int]:
+        """(pointer, size) of the buffer get_step(part) reads into ("msrs": the entries alone)."""
+        if part == "mp_state":
+            return self._mp_state, ffi.sizeof("struct kvm_mp_state")
+        if part == "tsc_offset":
+            return self._u64, 8
+        if part == "msrs":
+            return self._msrs.entries, 16 * self._msr_count
+        buf, size, *_ = self._blob(part)
+        return buf, size
+
+    def restore_buffer(self, part: str, msr_count: int = 0) -> tuple[CData, int]:
+        """(pointer, size) of the buffer set_step(part, msr_count) writes from ("msrs": `msr_count` entries;
+        "tsc_deadline": its one whole entry, index included)."""
+        if part == "msrs":
+            return self._msrs_to_write(msr_count).entries, 16 * msr_count
+        if part == "tsc_deadline":
+            return self._msrs_to_write(1, spare=True).entries, 16
+        return self.capture_buffer(part)  # the same buffers serve both ways
 
     def enter_step(self) -> Step:
         """KVM_RUN as a batch step, for a first entry with immediate_exit set: no guest code runs, but KVM records

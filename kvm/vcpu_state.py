@@ -113,8 +113,8 @@ def prepare(vcpu: Vcpu, msr_indices: Iterable[int]) -> None:
     vcpu.set_msr_indices(indices)
     others = len([index for index in indices if index != MSR_IA32_TSC_DEADLINE])
     for deadline in (False, True):
-        _restore_batch(vcpu, others, deadline)
-    _capture_batch(vcpu)
+        restore_batch(vcpu, others, deadline)
+    capture_batch(vcpu)
 
 
 # Every ioctl of a capture, and of a restore, runs in one C call (kvm/batch.py), in these orders.
@@ -126,7 +126,7 @@ RESTORE_ORDER = ("mp_state", "regs", "sregs", "xsave", "xcrs", "debugregs", "lap
 
 def capture(vcpu: Vcpu) -> VcpuState:
     """Read the whole state of a paused vCPU (order explained in the module docstring)."""
-    _capture_batch(vcpu).run()
+    capture_batch(vcpu).run()
     blob = vcpu.part_bytes
     return VcpuState(
         vcpu.id,
@@ -154,7 +154,7 @@ def load(vcpu: Vcpu, state: VcpuState) -> IoctlBatch:
     this vCPU between the two."""
     others, deadline = split_tsc_deadline(state.msrs)
     msr_count = len(others) // 16
-    batch = _restore_batch(vcpu, msr_count, bool(deadline))
+    batch = restore_batch(vcpu, msr_count, bool(deadline))
     load_part = vcpu.load_part
     load_part("mp_state", state.mp_state)
     for part in Vcpu.BLOB_PARTS:
@@ -167,7 +167,7 @@ def load(vcpu: Vcpu, state: VcpuState) -> IoctlBatch:
     return batch
 
 
-def _capture_batch(vcpu: Vcpu) -> IoctlBatch:
+def capture_batch(vcpu: Vcpu) -> IoctlBatch:
     """The capture's ioctls, built once per vCPU (by prepare(), before any pause)."""
     batch = vcpu.batches.get("capture")
     if batch is None:
@@ -175,7 +175,7 @@ def _capture_batch(vcpu: Vcpu) -> IoctlBatch:
     return batch
 
 
-def _restore_batch(vcpu: Vcpu, msr_count: int, deadline: bool) -> IoctlBatch:
+def restore_batch(vcpu: Vcpu, msr_count: int, deadline: bool) -> IoctlBatch:
     """The restore's ioctls for `msr_count` MSRs besides TSC_DEADLINE, built once per shape (prepare() builds the
     likely ones, so none is built inside a pause window). An empty MSR list or a disarmed deadline (0) writes
     nothing: those steps are left out."""

@@ -4,8 +4,9 @@ HOTSWAP_FAULT="SIDE@GEN:STEP:ACTION[,...]" where SIDE is `sender`, `successor` o
 an exec-mode upgrade, step `takeover`), GEN the generation of the VMM doing the step (the sender's own generation;
 the generation the successor is becoming), STEP a step name below, and ACTION one of kill (SIGKILL itself), exit
 (exit status 1), hang (stop answering), raise (an exception at that point, as a bug would). Sender-only data
-actions, step `state` (the STATE container) or `vcpus` (the STATE_VCPUS container): corrupt (flip a byte),
-badversion (a container of an unknown format version), truncate (send half the container). The variable is
+actions, step `state` (the STATE container) or `vcpus` (the STATE_VCPUS container, or vCPU 0's state record in
+shared memory): corrupt (flip a byte), badversion (a container or record of an unknown format version), truncate
+(send half the container; a record announcing half its length). The variable is
 inherited by successors; the generation keeps a fault to one upgrade."""
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ import time
 from hotswap import log
 
 ENV = "HOTSWAP_FAULT"
-# The steps of this build's protocol (4). A successor serving an older VMM has no "after_vcpus" (protocol 3 and
+# The steps of this build's protocol (5; "after_vcpus": the vCPUs sent, as STATE_VCPUS or as records; a successor
+# fires it once its vCPUs are restored). A successor serving an older VMM has no "after_vcpus" (protocol 3 and
 # older), and "after_restored" and "after_commit" on the RESTORED/COMMIT path of protocols 1-2.
 SENDER_STEPS = (
     "after_hello",
@@ -88,6 +90,15 @@ def fault_point(side: str, generation: int, step: str) -> None:
             time.sleep(3600)
     elif action == "raise":
         raise RuntimeError(f"fault injected at {side} {step}")
+
+
+def record_fault(generation: int) -> str | None:
+    """The data fault configured for the vCPUs (`vcpus`) when they travel as records in shared memory (protocol
+    5, kvm/lane.py applies it), consumed like mangle_state's."""
+    action = _faults("sender", generation).get("vcpus")
+    if action is not None:
+        consume("sender", generation, "vcpus")
+    return action if action in ("corrupt", "truncate", "badversion") else None
 
 
 def mangle_state(blob: bytes, generation: int, part: str = "state") -> bytes:

@@ -2,7 +2,8 @@
 
 fds travel in this order: guest RAM memfds, console listener?, console log?, console clients, API listener, the
 virtio devices' host fds (disk images, taps) in slot order, skipping devices without one (rng), then the ownership
-token (protocol 3; ownership.py). The payload's "fds" map gives the counts, so the receiver can split the list and
+token (protocol 3; ownership.py), then the vCPU state records' memfd and one eventfd per vCPU (protocol 5;
+kvm/lane.py). The payload's "fds" map gives the counts, so the receiver can split the list and
 check that nothing is missing or extra; a map without "ownership" (protocols 1-2, exec images) means none."""
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ class HandoverFds:
     api_listener: int
     virtio: list[int] = field(default_factory=list)
     ownership: list[int] = field(default_factory=list)  # the token's eventfd, or nothing
+    lane: list[int] = field(default_factory=list)  # the vCPU records' memfd, then an eventfd per vCPU, or nothing
 
     def flat(self) -> list[int]:
         fds = list(self.memory)
@@ -31,7 +33,7 @@ class HandoverFds:
             fds.append(self.console.log_file)
         fds += self.console.clients
         fds.append(self.api_listener)
-        return fds + self.virtio + self.ownership
+        return fds + self.virtio + self.ownership + self.lane
 
     def counts(self) -> dict[str, int]:
         """How many fds of each kind; "ownership" only when there is a token (older builds do not know the name)."""
@@ -45,12 +47,14 @@ class HandoverFds:
         }
         if self.ownership:
             counts["ownership"] = len(self.ownership)
+        if self.lane:
+            counts["lane"] = len(self.lane)
         return counts
 
     @classmethod
     def split(cls, counts: dict[str, Any], fds: tuple[int, ...] | list[int]) -> HandoverFds:
         """Rebuild the layout from the received fds; a count mismatch is an error (the caller closes the fds)."""
-        counts = {"ownership": 0, **counts} if isinstance(counts, dict) else counts
+        counts = {"ownership": 0, "lane": 0, **counts} if isinstance(counts, dict) else counts
         check_fields(counts, frozenset(cls.example_counts()), path="fds")
         wanted = {name: get_field(counts, name, int, "fds") for name in cls.example_counts()}
         if sum(wanted.values()) != len(fds):
@@ -76,13 +80,20 @@ class HandoverFds:
         ownership = take(wanted["ownership"])
         if len(ownership) > 1:
             raise StateSchemaError("CONFIG may carry at most one ownership token fd")
-        return cls(memory, console, api[0], virtio, ownership)
+        lane = take(wanted["lane"])
+        if len(lane) == 1:
+            raise StateSchemaError("CONFIG's vCPU record fds are a memfd and an eventfd per vCPU: 1 arrived")
+        return cls(memory, console, api[0], virtio, ownership, lane)
 
     @staticmethod
     def example_counts() -> dict[str, int]:
         return dict.fromkeys(
-            ("memory", "console_listener", "console_log", "console_clients", "api_listener", "virtio", "ownership"), 0
-        )
+            (
+                "memory", "console_listener", "console_log", "console_clients", "api_listener", "virtio", "ownership",
+                "lane",
+            ),
+            0,
+        )  # fmt: skip
 
 
 def virtio_fds_for(kinds: list[str], fds: list[int]) -> list[int | None]:

@@ -1,20 +1,23 @@
-"""The old VMM's side of a live upgrade (DESIGN.md "Same-host handover"), protocol 4.
+"""The old VMM's side of a live upgrade (DESIGN.md "Same-host handover"), protocol 5.
 
     old VMM                                   successor (`hotswap _successor --fd N`)
       spawn ------------------------------->  starts Python, imports
       <------------------------------- HELLO  versions it speaks
-      CONFIG + fds + ownership token ------>  builds VM, memslots, vCPUs, devices (guest still running here)
-      <------------------------------- READY
-      pause vCPUs; on the thread of the vCPU that stopped last: quiesce devices, capture vCPUs,
-      STATE_VCPUS ------------------------->  each vCPU thread restores its vCPU (while the old VMM captures
-      capture VM, devices                     the rest and the main thread goes on)
+      CONFIG + fds + ownership token ------>  builds VM, memslots, vCPUs, devices (guest still running here);
+        + vCPU record memfd and eventfds      checks the vCPU record layouts against its own vCPUs
+      <------------------------------- READY  "lane": true if it takes the vCPUs as records
+      pause vCPUs; on the thread of the vCPU that stopped last: quiesce devices, then
+      each vCPU's record (memfd, eventfd) ->  that vCPU's parked thread checks and restores it, in C
+      (or, lane declined: STATE_VCPUS ----->  the main thread checks it; each vCPU thread restores its vCPU)
+      capture VM, devices
       STATE ------------------------------->  restore VM, devices; wait for the vCPUs; take the token; resume
       <----------------------------- RESUMED  its timings
       reply to the user, exit 0
 
-The phases of the report overlap in protocol 4: "capture" ends when STATE is ready, "transfer" ends when the
-successor has it, "restore" is what remained to restore then (the vCPUs were restored meanwhile; the successor's
-"restore_detail_us" has their times).
+The vCPU records (kvm/lane.py) go from this VMM's vCPU thread to the successor's without passing through either
+main thread or a socket. The phases of the report overlap: "capture" ends when STATE is ready, "transfer" ends
+when the successor has it, "restore" is what remained to restore then (the vCPUs were restored meanwhile; the
+successor's "restore_detail_us" has their times).
 
 Whoever takes the ownership token (handover/ownership.py) runs the guest. On any failure (ERROR, a timeout, the
 successor dying) the old VMM takes the token, kills the successor, waits for it to be gone, resumes the guest here
@@ -36,10 +39,11 @@ from typing import TYPE_CHECKING, Any
 from hotswap import __version__, log, registry
 from hotswap.api.actions import Upgrade
 from hotswap.errors import ApiError, HotswapError, UpgradeError
-from hotswap.handover.faults import consume, fault_point, mangle_state
+from hotswap.handover.faults import consume, fault_point, mangle_state, record_fault
 from hotswap.handover.layout import HandoverFds
 from hotswap.handover.ownership import OwnershipToken
 from hotswap.handover.session import TrackedChannel
+from hotswap.handover.vcpu_records import OutgoingRecords
 from hotswap.machine import priority
 from hotswap.machine.machine import RunState
 from hotswap.state import FORMATS, decode, encode, pack_part
@@ -104,6 +108,7 @@ def hand_over(vmm: Vmm, action: Upgrade) -> dict[str, Any]:
         return session.run(started, deadline, generation, action.timeout)
     finally:
         channel.close()
+        session.close()
 
 
 @dataclass
@@ -112,16 +117,17 @@ class _Sent:
 
     quiesced: int = 0
     captured: int = 0
-    vcpus: bytes = b""
+    vcpus_bytes: int = 0
     platform: bytes = b""
-    # when the vCPUs had been read, packed and sent, and the rest read (then packed: `captured`)
+    # when each step named in `names` ended (the last, the rest's packing: `captured`)
     steps: list[int] = field(default_factory=list)
+    names: tuple[str, ...] = ()
 
     def detail_us(self) -> dict[str, int]:
         """How long each part of the capture took, for the upgrade report."""
         stamps = [self.quiesced, *self.steps, self.captured]
-        names = ("vcpus", "vcpus_pack", "vcpus_send", "platform", "platform_pack")
-        return {f"{name}_us": (end - begin) // 1000 for name, (begin, end) in zip(names, pairwise(stamps), strict=True)}
+        pairs = zip(self.names, pairwise(stamps), strict=True)
+        return {f"{name}_us": (end - begin) // 1000 for name, (begin, end) in pairs}
 
 
 class _Session:
@@ -131,12 +137,20 @@ class _Session:
         self.vmm = vmm
         self.machine = vmm.machine
         self.channel = channel
-        self.wire = TrackedChannel(channel, Sender())  # enforces HELLO, CONFIG, READY, STATE, ... in order
+        self.sender = Sender()
+        self.wire = TrackedChannel(channel, self.sender)  # enforces HELLO, CONFIG, READY, STATE, ... in order
         self.process = process
         self.log = logger
         self.paused = False
         self.console_stopped = False
         self.ownership = OwnershipToken.create()
+        self.records: OutgoingRecords | None = None
+
+    def close(self) -> None:
+        """Release what the session made for the successor (it holds its own copies of the fds)."""
+        if self.records is not None:
+            self.records.close()
+            self.records = None
 
     def remaining(self, deadline: float) -> float:
         return max(0.1, deadline - time.monotonic())
@@ -157,6 +171,8 @@ class _Session:
                 virtio=[fd for fd in machine.devices.host_fds() if fd is not None],
                 ownership=[self.ownership.fd],
             )
+            self.records = OutgoingRecords(machine)
+            fds.lane = self.records.fds()
             console_mark = machine.console.mark()
             config = {
                 "protocol": PROTOCOL_VERSION,
@@ -167,11 +183,17 @@ class _Session:
                 "booted_at_ns": machine.booted_at_ns,
                 "memory": [[spec.gpa, spec.size] for spec in machine.platform.memory.specs],
                 "fds": fds.counts(),
+                "lane": {"format": FORMATS.current, "vcpus": self.records.config()},
             }
             wire.send(MessageType.CONFIG, encode(config), fds.flat())
             fault_point("sender", generation, "after_config")
             ready = decode(wire.recv(self.remaining(deadline)).payload)
             ready_at = now_ns()
+            if isinstance(ready, dict) and ready.get("lane") is True:
+                self.sender.use_lane()  # no STATE_VCPUS: the vCPUs go as records
+                self.records.arm(generation + 1)
+            elif isinstance(ready, dict):
+                self.log.info("upgrade.records_declined", reason=str(ready.get("lane_declined", "")))
             fault_point("sender", generation, "after_ready")
 
             # Not part of the pause: new API requests and console input wait in their sockets' queues for whoever
@@ -190,13 +212,18 @@ class _Session:
                 fault_point("sender", generation, "after_pause")
                 machine.devices.quiesce()
                 sent.quiesced = now_ns()
-                # The vCPUs first, in a message of their own: the successor restores them while we capture the rest.
-                vcpus = machine.capture_vcpus()
-                sent.steps.append(now_ns())
-                sent.vcpus = pack_part({"vcpus": vcpus})
-                sent.steps.append(now_ns())
-                wire.send(MessageType.STATE_VCPUS, mangle_state(sent.vcpus, generation, "vcpus"))
-                sent.steps.append(now_ns())
+                # The vCPUs first: the successor's vCPU threads restore them while we capture the rest.
+                if records is not None and records.armed:
+                    sent.vcpus_bytes = records.send_all(record_fault(generation))
+                    sent.steps.append(now_ns())
+                    sent.names = ("vcpus", "platform", "platform_pack")
+                else:
+                    vcpus = pack_part({"vcpus": machine.capture_vcpus()})
+                    sent.steps.append(now_ns())
+                    sent.vcpus_bytes = len(vcpus)
+                    wire.send(MessageType.STATE_VCPUS, mangle_state(vcpus, generation, "vcpus"))
+                    sent.steps.append(now_ns())
+                    sent.names = ("vcpus", "vcpus_send", "platform", "platform_pack")
                 fault_point("sender", generation, "after_vcpus")
                 platform = machine.capture_platform(console_since=console_mark)
                 sent.steps.append(now_ns())
@@ -205,6 +232,7 @@ class _Session:
                 wire.send(MessageType.STATE, mangle_state(sent.platform, generation))
                 fault_point("sender", generation, "after_state")
 
+            records = self.records
             pause_requested = now_ns()
             self.paused = True  # from here a rollback resumes the guest
             window = machine.pause(then=capture_and_send)
@@ -279,6 +307,13 @@ class _Session:
         registry.discard_staged(self.machine.config.name, self.process.pid)  # if it staged its record and died
 
 
+def _timings(ready: Any) -> dict[str, int]:
+    """READY's timings (us) for the report; its other fields ("lane", ...) are not timings."""
+    if not isinstance(ready, dict):
+        return {}
+    return {k: v for k, v in ready.items() if isinstance(v, int) and not isinstance(v, bool)}
+
+
 def _result(
     session: _Session,
     hello: Hello,
@@ -307,7 +342,7 @@ def _result(
         "generation": session.machine.generation + 1,
         "mode": "transfer",
         "downtime_us": us(window.first_paused_ns, resumed_at),
-        "state_bytes": len(sent.vcpus) + len(sent.platform),
+        "state_bytes": sent.vcpus_bytes + len(sent.platform),
         "guest_memory_copied_bytes": 0,  # memfds are shared, never copied
         "phases_us": {
             "successor_start": us(started, hello_at),
@@ -321,6 +356,7 @@ def _result(
             "resume": us(committed, resumed_at),
         },
         "capture_detail_us": sent.detail_us(),
-        "successor_prepare_us": dict(ready) if isinstance(ready, dict) else {},
+        "vcpu_records": session.records is not None and session.records.armed,
+        "successor_prepare_us": _timings(ready),
         "restore_detail_us": dict(resumed.get("restore_detail_us", {})),
     }

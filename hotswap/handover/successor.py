@@ -1,9 +1,10 @@
 """The successor's side of a live upgrade: `hotswap _successor --fd N`, started by the old VMM.
 
 Receiver states (anything out of order is a protocol error that aborts without touching the guest):
-  STARTED -> HELLO sent -> CONFIGURED (VM built from CONFIG + fds) -> READY sent -> [protocol 4: STATE_VCPUS
-  received, vCPUs restored ->] STATE received, restored ->
-  protocols 3-4: take the ownership token (handover/ownership.py), resume, RESUMED sent. Without the token (the old VMM
+  STARTED -> HELLO sent -> CONFIGURED (VM built from CONFIG + fds) -> READY sent -> [protocol 4, and 5 with the
+  vCPU records declined: STATE_VCPUS received, vCPUs restored ->] STATE received, restored (protocol 5 with the
+  records accepted: each vCPU thread took its vCPU's record from shared memory meanwhile, kvm/lane.py) ->
+  protocols 3-5: take the ownership token (handover/ownership.py), resume, RESUMED sent. Without the token (the old VMM
   took it back) the guest's vCPUs never run here. An old VMM that died after STATE left the token, so this process
   takes over by taking it.
   protocols 1-2 (older VMMs): RESTORED sent -> COMMIT received -> resume -> RESUMED sent. Until COMMIT the guest's
@@ -43,6 +44,7 @@ from hotswap.state import (
     join_parts,
     unpack,
     unpack_part,
+    validate_tree,
 )
 from hotswap.vmm import Vmm
 from hotswap.wire.channel import Channel
@@ -50,6 +52,8 @@ from hotswap.wire.errors import PeerClosed, ProtocolError, WireError
 from hotswap.wire.hello import Hello
 from hotswap.wire.messages import ErrorCode, MessageType
 from hotswap.wire.receiver import Receiver
+from kvm import KvmError
+from kvm.lane import LaneLayout, LaneRecordError, LaneRegion
 
 CONFIG_TIMEOUT = 60.0  # the old VMM sends CONFIG right after our HELLO (before we know its --timeout)
 DEFAULT_STEP_TIMEOUT = 30.0  # for STATE (and COMMIT) when the old VMM does not say (protocol 1)
@@ -64,6 +68,7 @@ CONFIG_FIELDS = {
     2: _CONFIG_V2,
     3: _CONFIG_V2,  # the same fields; the fds include the ownership token
     4: _CONFIG_V2,
+    5: _CONFIG_V2 | {"lane"},  # the vCPU records offered: {"format": state format, "vcpus": [layout per vCPU]}
 }
 
 
@@ -118,6 +123,8 @@ class _Successor:
         self.console_history = b""
         self.step_timeout = DEFAULT_STEP_TIMEOUT  # how long we wait for STATE (and COMMIT): the old VMM's --timeout
         self.restore_detail: dict[str, int] = {}
+        self.records: LaneRegion | None = None  # protocol 5, the vCPU records accepted
+        self.record_fds: list[int] = []  # their eventfds, kept open until the records were taken
         self.log = log.get("handover").bind(side="successor")
 
     def run(self) -> int:
@@ -141,7 +148,7 @@ class _Successor:
             wire.send(MessageType.READY, encode(prepare))
             fault_point("successor", self.generation, "after_ready")
             vcpus_part = None
-            if self.receiver.protocol >= 4:
+            if self.receiver.protocol >= 4 and not self.receiver.lane:
                 vcpus_message = wire.recv(self.step_timeout)
                 # From here the old VMM's guest is paused, waiting for us; it captures the rest meanwhile.
                 vcpus_part = self._restore_vcpus_early(vcpus_message.payload)
@@ -162,18 +169,10 @@ class _Successor:
         fault_point("successor", self.generation, "after_state")
         assert self.machine is not None
         try:
-            history = self.console_history
-            if vcpus_part is None:
-                tree, early = unpack(state_message.payload).tree, False
+            if self.receiver.lane:
+                self._restore_with_records(state_message.payload, state_received)
             else:
-                unpacked, early = vcpus_part
-                tree = join_parts([unpacked, unpack_part(state_message.payload)]).tree
-            self.restore_detail["unpack_us"] = (now_ns() - state_received) // 1000
-            if early:  # the vCPU threads restore the vCPUs meanwhile
-                self.restore_detail.update(self.machine.restore_platform(tree, console_prefix=history))
-                self.restore_detail.update(self.machine.finish_vcpu_restore())
-            else:
-                self.restore_detail.update(self.machine.restore_state(tree, console_prefix=history))
+                self._restore_from_messages(state_message.payload, vcpus_part, state_received)
         except Exception as exc:
             self._refuse_state(exc)
             return exitcodes.ERROR
@@ -182,6 +181,81 @@ class _Successor:
         if self.ownership is not None:
             return self._take_ownership(state_received, restored)
         return self._wait_for_commit(state_received, restored)
+
+    def _restore_from_messages(
+        self, payload: bytes, vcpus_part: tuple[Unpacked, bool] | None, state_received: int
+    ) -> None:
+        """The whole state from STATE (protocols 1-3), or STATE after STATE_VCPUS (protocol 4, or 5 with the vCPU
+        records declined)."""
+        assert self.machine is not None
+        history = self.console_history
+        if vcpus_part is None:
+            tree, early = unpack(payload).tree, False
+        else:
+            unpacked, early = vcpus_part
+            tree = join_parts([unpacked, unpack_part(payload)]).tree
+        self.restore_detail["unpack_us"] = (now_ns() - state_received) // 1000
+        if early:  # the vCPU threads restore the vCPUs meanwhile
+            self.restore_detail.update(self.machine.restore_platform(tree, console_prefix=history))
+            self.restore_detail.update(self.machine.finish_vcpu_restore())
+        else:
+            self.restore_detail.update(self.machine.restore_state(tree, console_prefix=history))
+
+    def _restore_with_records(self, payload: bytes, state_received: int) -> None:
+        """Protocol 5 with the vCPU records accepted: STATE holds machine, VM and devices; each vCPU thread takes
+        its record from shared memory meanwhile (it was written before STATE was sent)."""
+        assert self.machine is not None
+        part = unpack_part(payload)
+        if part.version != FORMATS.current:
+            raise StateSchemaError(f"STATE of format {part.version} with vCPU records: format {FORMATS.current} only")
+        if "vcpus" in part.tree:
+            raise StateSchemaError("STATE holds 'vcpus', which the vCPU records carry")
+        tree = validate_tree({**part.tree, "vcpus": []})  # the top level checked as unpack would
+        self.restore_detail["unpack_us"] = (now_ns() - state_received) // 1000
+        self.restore_detail.update(self.machine.restore_platform(tree, console_prefix=self.console_history))
+        self.restore_detail.update(self.machine.finish_lane_restore())
+        self._close_records()
+        fault_point("successor", self.generation, "after_vcpus")
+
+    @staticmethod
+    def _offered_records(offered: object, fds: list[int]) -> tuple[int, list[LaneLayout]]:
+        """Protocol 5's CONFIG "lane", checked before anything is built: (the old VMM's state format, each vCPU's
+        record layout). Takes no fd."""
+        try:
+            described = check_fields(offered, frozenset({"format", "vcpus"}), path="lane")
+            layouts = [LaneLayout.from_dict(item) for item in get_field(described, "vcpus", list, "lane")]
+            state_format = get_field(described, "format", int, "lane")
+        except ValueError as exc:
+            raise StateSchemaError(f"CONFIG 'lane': {exc}") from None
+        if len(fds) != 1 + len(layouts):
+            raise StateSchemaError(f"CONFIG 'lane': {len(fds)} fds for {len(layouts)} vCPUs (a memfd, an eventfd each)")
+        return state_format, layouts
+
+    def _accept_records(self, state_format: int, layouts: list[LaneLayout], fds: list[int]) -> str | None:
+        """Take the vCPUs as records in shared memory if their layouts are ours. Returns why not, or None. Owns
+        `fds` (the memfd, then an eventfd per vCPU) from here: kept while the records are awaited, or closed."""
+        assert self.machine is not None
+        reason: str | None = None
+        if state_format != FORMATS.current:
+            reason = f"state format {state_format}, this build writes {FORMATS.current}"
+        else:
+            try:
+                result = self.machine.accept_lane(layouts, fds[0], fds[1:])
+            except (KvmError, OSError) as exc:
+                result = f"cannot map the records: {exc}"
+            if isinstance(result, str):
+                reason = result
+            else:
+                self.records, self.record_fds = result, fds[1:]
+        _close_all(fds[:1] if reason is None else fds)  # accept_lane mapped its own duplicate of the memfd
+        return reason
+
+    def _close_records(self) -> None:
+        if self.records is not None:
+            self.records.close()
+            self.records = None
+        _close_all(self.record_fds)
+        self.record_fds = []
 
     def _restore_vcpus_early(self, payload: bytes) -> tuple[Unpacked, bool] | None:
         """Protocol 4's STATE_VCPUS: have the vCPU threads restore their vCPUs now, while the old VMM captures the
@@ -204,7 +278,10 @@ class _Successor:
 
     def _refuse_state(self, exc: Exception) -> None:
         """Tell the old VMM why its state was not taken (it then resumes the guest itself)."""
-        if isinstance(exc, UnsupportedVersionError):
+        if isinstance(exc, LaneRecordError):
+            code = ErrorCode.VERSION_MISMATCH if exc.kind == "layout" else ErrorCode.BAD_STATE
+            self._refuse(code, f"state rejected: {exc}")
+        elif isinstance(exc, UnsupportedVersionError):
             self._refuse(ErrorCode.VERSION_MISMATCH, f"state rejected: {exc}")
         elif isinstance(exc, StateError):
             self._refuse(ErrorCode.BAD_STATE, f"state rejected: {exc}")
@@ -273,6 +350,9 @@ class _Successor:
             self.ownership = OwnershipToken(layout.ownership[0])
         elif layout.ownership:
             raise StateSchemaError(f"CONFIG of protocol {protocol} carries an ownership token fd")
+        if protocol < 5 and layout.lane:
+            raise StateSchemaError(f"CONFIG of protocol {protocol} carries vCPU record fds")
+        offered = self._offered_records(message["lane"], layout.lane) if protocol >= 5 else (0, [])
         self.receiver.use_protocol(protocol)
         log.bind(vm=config.name, generation=self.generation)
         self.machine = Machine.create(
@@ -288,7 +368,15 @@ class _Successor:
         self.machine.warm_up()
         self.machine.start_paused()
         self.machine.loop.start()
-        return {"build_us": (now_ns() - started) // 1000, **self.machine.platform.timings_us}
+        ready: dict[str, Any] = {"build_us": (now_ns() - started) // 1000, **self.machine.platform.timings_us}
+        if protocol >= 5:
+            declined = self._accept_records(*offered, layout.lane)
+            self.receiver.use_protocol(protocol, lane=declined is None)
+            ready["lane"] = declined is None
+            if declined is not None:
+                ready["lane_declined"] = declined
+                self.log.info("handover.records_declined", reason=declined)
+        return ready
 
     def _take_over(self, state_received: int, restored: int, committed: int, confirm: bool) -> int:
         """The guest is ours (token taken, or COMMIT received, or the old VMM is dead): run it."""
@@ -313,6 +401,7 @@ class _Successor:
         self.channel.close()
         if self.ownership is not None:
             self.ownership.close()
+        self._close_records()
         priority.unboost()
         fault_point("successor", self.generation, "after_resumed")
         self.log.info("handover.resumed", generation=self.generation, pid=os.getpid(), registry=str(registry.run_dir()))
@@ -331,8 +420,9 @@ class _Successor:
         if self.vmm is not None:
             self.vmm.discard_registration()
         if self.machine is not None:
-            self.machine.abandon()
+            self.machine.abandon()  # the vCPU threads end: none polls a record's eventfd any more
             self.machine.platform.close()
+        self._close_records()
         self.channel.close()
 
     def _old_is_gone(self) -> bool:
@@ -340,3 +430,8 @@ class _Successor:
             return not registry.pid_alive(self.old_pid)
         readable, _, _ = select.select([self.old_pidfd], [], [], OLD_EXIT_GRACE)
         return bool(readable)
+
+
+def _close_all(fds: list[int]) -> None:
+    for fd in fds:
+        os.close(fd)

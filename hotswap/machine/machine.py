@@ -34,8 +34,9 @@ from hotswap.machine.state_tree import machine_info_from_tree, vcpu_state_from_t
 from hotswap.machine.vcpu_thread import VcpuThread
 from hotswap.machine.virtio import virtio_specs
 from hotswap.state import get_field, pack, unpack
-from kvm import RegionSpec, vcpu_state, vm_state
+from kvm import KvmError, RegionSpec, vcpu_state, vm_state
 from kvm.batch import IoctlBatch
+from kvm.lane import LaneLayout, LaneReader, LaneRegion, layout_of, slot_offsets
 
 PAUSE_TIMEOUT = 5.0
 
@@ -346,6 +347,48 @@ class Machine:
     def finish_vcpu_restore(self) -> dict[str, int]:
         """Wait for start_vcpu_restore's restores; raises the first failure. Returns the longest one's time (us)."""
         return {"vcpus_us": max(thread.wait_posted(PAUSE_TIMEOUT) for thread in self.vcpu_threads)}
+
+    def lane_layouts(self) -> list[LaneLayout]:
+        """Each vCPU's state record layout (kvm/lane.py), for a protocol-5 handover."""
+        return [layout_of(thread.vcpu) for thread in self.vcpu_threads]
+
+    def accept_lane(self, layouts: list[LaneLayout], region_fd: int, notify_fds: list[int]) -> LaneRegion | str:
+        """A successor before READY: have each parked vCPU thread take its vCPU's record from the old VMM's shared
+        memory when it is signalled, and restore it (finish_lane_restore() waits). Returns the mapped region, or
+        why the records cannot be taken (another layout: the state then comes as STATE_VCPUS). Takes no fd."""
+        if len(layouts) != len(self.vcpu_threads) or len(notify_fds) != len(layouts):
+            return f"{len(layouts)} vCPU layouts and {len(notify_fds)} eventfds for {len(self.vcpu_threads)} vCPUs"
+        for thread, theirs in zip(self.vcpu_threads, layouts, strict=True):
+            reason = layout_of(thread.vcpu).mismatch(theirs)
+            if reason is not None:
+                return f"vCPU {thread.index}: {reason}"
+        offsets, size = slot_offsets(layouts)
+        region = LaneRegion.adopt(os.dup(region_fd), size)
+        try:
+            readers = [
+                LaneReader(thread.vcpu, region, offset, layout, notify, self.generation)
+                for thread, offset, layout, notify in zip(self.vcpu_threads, offsets, layouts, notify_fds, strict=True)
+            ]
+        except KvmError as exc:
+            region.close()
+            return str(exc)
+        for thread, reader in zip(self.vcpu_threads, readers, strict=True):
+            thread.attach_lane(reader, spin_after=self.vcpus_apart)
+        return region
+
+    def finish_lane_restore(self) -> dict[str, int]:
+        """Wait for the vCPU threads to have taken their records (accept_lane); raises the first failure. Returns
+        the longest one's time (us)."""
+        started = time.clock_gettime_ns(time.CLOCK_MONOTONIC)
+        took = max(thread.wait_lane(PAUSE_TIMEOUT) for thread in self.vcpu_threads)
+        ended = time.clock_gettime_ns(time.CLOCK_MONOTONIC)
+        began = min(thread.lane_began_ns for thread in self.vcpu_threads)
+        return {
+            "vcpus_us": took,
+            "vcpus_wait_us": (ended - started) // 1000,
+            # how long before this thread looked for them the vCPU threads began taking the records
+            "vcpus_lead_us": (started - began) // 1000,
+        }
 
     def restore_platform(self, tree: dict[str, Any], console_prefix: bytes = b"") -> dict[str, int]:
         """Load "machine", "vm" and "devices", while (or after) start_vcpu_restore's threads restore the vCPUs."""

@@ -34,6 +34,7 @@ from kvm._ffi import ffi, lib
 from kvm.batch import IoctlBatch
 from kvm.byte_queue import ByteQueue
 from kvm.exits import INTERRUPTED
+from kvm.lane import LaneReader
 
 # How long a parked thread that ran posted work polls the gate before it sleeps: covers a successor's remaining
 # restore (~0.2-0.5 ms measured), so the release costs no wake-up (70-130 us across CPUs on this host).
@@ -89,6 +90,7 @@ class VcpuThread:
         self._paused = SignalFd()
         # A batch posted to the parked thread (post_batch) and the parked wait, in C without the GIL (hs_park).
         self._posted_batch: IoctlBatch | None = None
+        self._lane: LaneReader | None = None
         self._wake_fd = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
         self._done_fd = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
         self._park_ctl = ffi.new("struct hs_park *")
@@ -96,6 +98,7 @@ class VcpuThread:
         self._park_ctl.wake_fd = self._wake_fd
         self._park_ctl.done_fd = self._done_fd
         self._park_ctl.steps = ffi.NULL
+        self._park_ctl.lane = ffi.NULL
         self._thread = threading.Thread(target=self._loop, name=f"vcpu{vcpu.id}", daemon=True)
         self._ident: int | None = None
         self.paused_at_ns = 0
@@ -242,6 +245,35 @@ class VcpuThread:
         assert self._posted_batch is not None, "wait_posted() without post_batch()"
         self._posted_batch.check(self._park_ctl.done, self._park_ctl.rc)
         return int(self._park_ctl.ran_ns) // 1000
+
+    # A successor's vCPU whose state comes as a record in shared memory (protocol 5, kvm/lane.py): the parked
+    # thread takes it when the old VMM's vCPU thread signals it, in C: no thread of this process wakes it first.
+    def attach_lane(self, reader: LaneReader, spin_after: bool = False) -> None:
+        """Have the parked thread take its vCPU's record (once) when it arrives; wait_lane() waits for that.
+        `spin_after`: as for post_batch."""
+        self._lane = reader
+        ctl = self._park_ctl
+        ctl.spin_ns = SPIN_AFTER_POSTED_NS if spin_after else 0
+        drain(self._done_fd)
+        ctl.lane = reader.c
+        os.eventfd_write(self._wake_fd, 1)  # a thread already asleep in hs_park polls the record's fd from now on
+
+    def wait_lane(self, timeout: float) -> int:
+        """Wait until the parked thread took the record; returns how long its check and restore took (us), or
+        raises (LaneRecordError: the record was refused, nothing written into the vCPU; KvmError: KVM refused a
+        step of the restore)."""
+        assert self._lane is not None, "wait_lane() without attach_lane()"
+        done = select.poll()
+        done.register(self._done_fd, select.POLLIN)
+        if not done.poll(int(timeout * 1000)):
+            raise HotswapError(f"vCPU {self.index}: its state record was not taken within {timeout} s")
+        drain(self._done_fd)
+        return self._lane.check()
+
+    @property
+    def lane_began_ns(self) -> int:
+        """When the parked thread started taking its record (CLOCK_MONOTONIC ns), 0 without one."""
+        return self._lane.began_ns if self._lane is not None else 0
 
     def _park_until_quit(self) -> None:
         self._paused.set()

@@ -25,9 +25,13 @@ from enum import IntEnum
 # successor takes it and resumes the guest at once, then sends RESUMED: no RESTORED/COMMIT round trip in the pause.
 # Protocol 4: the paused guest's state goes in two messages, STATE_VCPUS (the vCPUs, captured first) then STATE (VM,
 # devices, machine): the successor restores the vCPUs while the old VMM still captures the rest.
-# A successor also accepts protocols 1 and 2 from an old VMM (and then waits for COMMIT as they expect), and 3.
-PROTOCOL_VERSION = 4
-SUPPORTED_PROTOCOL_VERSIONS = (1, 2, 3, PROTOCOL_VERSION)  # a successor reads every protocol an upgradable build sent
+# Protocol 5: CONFIG also offers each vCPU's state record layout and the fds of shared memory for the records
+# (kvm/lane.py); a successor that accepts (READY "lane": true) gets the vCPUs there, straight from the old VMM's
+# vCPU thread to its own, and the sequence is protocol 3's (STATE alone); one that declines gets STATE_VCPUS.
+# A successor also accepts protocols 1 and 2 from an old VMM (and then waits for COMMIT as they expect), 3 and 4.
+PROTOCOL_VERSION = 5
+# a successor reads every protocol an upgradable build sent
+SUPPORTED_PROTOCOL_VERSIONS = (1, 2, 3, 4, PROTOCOL_VERSION)
 
 MAGIC = b"HS"
 KNOWN_FLAGS = 0x0000
@@ -47,7 +51,7 @@ class MessageType(IntEnum):
     RESUMED = 7  # successor -> old: it owns the guest and its vCPUs run (payload: codec dict of timings)
     ERROR = 8  # either way: ErrorCode + message
     ABORT = 9  # either way, before the commit point: give the operation up (ErrorCode + reason)
-    STATE_VCPUS = 10  # protocol 4, old -> successor, before STATE: state container of the vCPUs alone
+    STATE_VCPUS = 10  # protocols 4-5, old -> successor, before STATE: state container of the vCPUs alone
     # Cross-host migration: reserved, not implemented yet. 0x80..0xFF are for migration.
     MEMORY_PAGES = 0x80  # a run of guest pages (pre-copy or post-copy push)
     DIRTY_ROUND = 0x81  # start / end of a pre-copy round of dirty pages

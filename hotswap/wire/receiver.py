@@ -1,6 +1,10 @@
 """The successor's side of a handover, as an explicit state machine.
 
-Protocol 4 (this build's old VMMs):
+Protocol 5 (this build's old VMMs) with the vCPU records accepted (READY "lane": true): protocol 3's sequence
+below, without STATE_VCPUS; the vCPUs' state arrives in shared memory (kvm/lane.py) before STATE. Declined:
+protocol 4's sequence.
+
+Protocol 4:
 
     successor                         old VMM
     STARTED      --- HELLO ------->
@@ -71,21 +75,26 @@ _COMMIT_STEPS = {
 class Receiver(HandoverStateMachine[ReceiverState]):
     role = "handover receiver"
     protocol: int
+    lane: bool  # protocol 5, the vCPU records accepted: the vCPUs come through shared memory, not STATE_VCPUS
 
     def __init__(self, protocol: int = PROTOCOL_VERSION) -> None:
         super().__init__(_R.STARTED, _TOKEN_STEPS, committed=_R.RESUMED, aborted=_R.ABORTED)
         self.use_protocol(protocol)
 
-    def use_protocol(self, protocol: int) -> None:
-        """Follow the sequence of `protocol` (known once CONFIG arrived; it must not have gone past CONFIGURED)."""
+    def use_protocol(self, protocol: int, lane: bool = False) -> None:
+        """Follow the sequence of `protocol` (known once CONFIG arrived; it must not have gone past CONFIGURED);
+        protocol 5 with `lane` (the vCPU records accepted) has no STATE_VCPUS."""
         if protocol not in SUPPORTED_PROTOCOL_VERSIONS:
             raise ProtocolError(f"{self.role}: protocol {protocol} is not one of {SUPPORTED_PROTOCOL_VERSIONS}")
         if self.state not in (_R.STARTED, _R.HELLO_SENT, _R.CONFIGURED):
             raise ProtocolError(f"{self.role}: cannot change the protocol in state {self.state.name}")
-        if protocol >= 4:
+        if protocol >= 5 and lane:
+            self._use(_TOKEN_STEPS, committed=_R.RESUMED)
+        elif protocol >= 4:
             self._use(_SPLIT_STEPS, committed=_R.RESUMED)
         elif protocol == 3:
             self._use(_TOKEN_STEPS, committed=_R.RESUMED)
         else:
             self._use(_COMMIT_STEPS, committed=_R.COMMITTED)
         self.protocol = protocol
+        self.lane = protocol >= 5 and lane

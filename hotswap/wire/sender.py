@@ -2,9 +2,10 @@
 
     STARTED -> HELLO_RECEIVED -> CONFIG_SENT -> READY_RECEIVED -> VCPUS_SENT -> STATE_SENT -> RESUMED (received)
 
-This build sends protocol 4 only (STATE_VCPUS, then STATE). After STATE the guest belongs to whoever takes the
-ownership token first (hotswap/handover/ownership.py): the successor, which then resumes it and sends RESUMED, or
-the old VMM rolling back after an error or a timeout.
+This build sends protocol 5 only: STATE_VCPUS then STATE, or, when the successor accepted the vCPU records in
+shared memory (READY "lane": true; `use_lane`), STATE alone (READY_RECEIVED -> STATE_SENT). After STATE the guest
+belongs to whoever takes the ownership token first (hotswap/handover/ownership.py): the successor, which then
+resumes it and sends RESUMED, or the old VMM rolling back after an error or a timeout.
 The wire's own commit point is RESUMED: nothing can abort after it.
 """
 
@@ -28,7 +29,7 @@ class SenderState(Enum):
 
 
 _S = SenderState
-_STEPS = {
+_SPLIT_STEPS = {
     _S.STARTED: Step(MessageType.HELLO, False, _S.HELLO_RECEIVED),
     _S.HELLO_RECEIVED: Step(MessageType.CONFIG, True, _S.CONFIG_SENT),
     _S.CONFIG_SENT: Step(MessageType.READY, False, _S.READY_RECEIVED),
@@ -36,13 +37,18 @@ _STEPS = {
     _S.VCPUS_SENT: Step(MessageType.STATE, True, _S.STATE_SENT),
     _S.STATE_SENT: Step(MessageType.RESUMED, False, _S.RESUMED),
 }
+_LANE_STEPS = {**_SPLIT_STEPS, _S.READY_RECEIVED: Step(MessageType.STATE, True, _S.STATE_SENT)}
 
 
 class Sender(HandoverStateMachine[SenderState]):
     role = "handover sender"
 
     def __init__(self) -> None:
-        super().__init__(_S.STARTED, _STEPS, committed=_S.RESUMED, aborted=_S.ABORTED)
+        super().__init__(_S.STARTED, _SPLIT_STEPS, committed=_S.RESUMED, aborted=_S.ABORTED)
+
+    def use_lane(self) -> None:
+        """The successor took the vCPU records in shared memory: no STATE_VCPUS (only right after READY)."""
+        self._use(_LANE_STEPS, committed=_S.RESUMED)
 
     @property
     def state_sent(self) -> bool:

@@ -6,9 +6,10 @@ the stream is still in step, answer ERROR with a code and a message saying what 
 
 The machine it is offered is real: 64 MiB, 1 vCPU, the test guest loaded into a memfd by this process, and a state
 captured from that never-run vCPU at the guest's entry point, so a successor that resumed it would boot the guest
-(test_the_checks_see_a_successor_that_runs_the_guest proves the checks notice). The state goes out as protocol 4
-sends it (STATE_VCPUS, then STATE); where it goes out whole, the test first takes the ownership token back, as a
-real old VMM does before it gives up: the successor must find it gone. Some cases speak protocol 2
+(test_the_checks_see_a_successor_that_runs_the_guest proves the checks notice). The state goes out as protocol 5
+sends it (the vCPU's record in shared memory, written from that vCPU by hotswap's own writer, then STATE) or as
+protocol 4 does (STATE_VCPUS, then STATE); where it goes out whole, the test first takes the ownership token back,
+as a real old VMM does before it gives up: the successor must find it gone. Some cases speak protocol 2
 (RESTORED/COMMIT, no token) or 3 (the whole state in STATE), as older VMMs do.
 """
 
@@ -37,11 +38,12 @@ from hotswap.boot import load_kernel, split_ram
 from hotswap.config import MachineConfig
 from hotswap.handover.layout import HandoverFds
 from hotswap.handover.ownership import OwnershipToken
+from hotswap.handover.vcpu_records import OutgoingRecords
 from hotswap.machine.boot_cpu import apply_boot_plan
 from hotswap.machine.console import ConsoleFds
 from hotswap.machine.machine import Machine
 from hotswap.sockets import make_listener
-from hotswap.state import encode, pack, pack_part
+from hotswap.state import FORMATS, decode, encode, pack, pack_part
 from hotswap.wire import PROTOCOL_VERSION, Channel, ErrorCode, Hello, MessageType, PeerClosed, WireError, decode_error
 from hotswap.wire.messages import CRC, HEADER, encode_header
 
@@ -60,6 +62,7 @@ class Offer:
     memory_fds: list[int]
     tree: dict[str, Any]
     booted_at_ns: int
+    machine: Machine  # its never-run vCPU is what the records carry
 
     def digest(self) -> str:
         h = hashlib.blake2b()
@@ -103,7 +106,7 @@ def offer(guest_elf: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator
             cpuid=machine.platform.cpuid,
         )
         apply_boot_plan(machine.platform.vcpus[0], plan)  # never run here: the state is the guest's entry point
-        yield Offer(config, machine.platform.memory.fds, machine.capture_state(), machine.booted_at_ns)
+        yield Offer(config, machine.platform.memory.fds, machine.capture_state(), machine.booted_at_ns, machine)
     finally:
         machine.shutdown()
 
@@ -134,45 +137,54 @@ class OldVmm:
         self.channel = Channel(ours, peer="successor")
         self.closed = False
         self.ownership = OwnershipToken.create()
+        self.records = OutgoingRecords(offer.machine)
 
     # -- the protocol, done right ---------------------------------------------------------------------------------
     def hello(self) -> Hello:
         return Hello.decode(self.channel.recv(REPLY_TIMEOUT, {MessageType.HELLO}).payload)
 
-    def fds(self) -> HandoverFds:
+    def fds(self, protocol: int = PROTOCOL_VERSION) -> HandoverFds:
         return HandoverFds(
             memory=list(self.offer.memory_fds),
             console=ConsoleFds(log_file=self.console_fd),
             api_listener=self.api.fileno(),
             ownership=[self.ownership.fd],
+            lane=self.records.fds() if protocol >= 5 else [],
         )
 
     def config_message(self, **changes: Any) -> dict[str, Any]:
+        protocol = changes.get("protocol", PROTOCOL_VERSION)
         message: dict[str, Any] = {
-            "protocol": PROTOCOL_VERSION,
+            "protocol": protocol,
             "timeout_ms": 30_000,
             "config": self.offer.config.to_dict(),
             "console_history": b"",
             "generation": 2,
             "booted_at_ns": self.offer.booted_at_ns,
             "memory": [[gpa, size] for gpa, size in split_ram(MEM)],
-            "fds": self.fds().counts(),
+            "fds": self.fds(protocol).counts(),
         }
+        if protocol >= 5:
+            message["lane"] = {"format": FORMATS.current, "vcpus": self.records.config()}
         message.update(changes)
         return message
 
-    def send_config(self, payload: bytes | None = None, fds: list[int] | None = None) -> None:
+    def send_config(self, payload: bytes | None = None, fds: list[int] | None = None, protocol: int = 5) -> None:
         self.channel.send(
             MessageType.CONFIG,
-            encode(self.config_message()) if payload is None else payload,
-            self.fds().flat() if fds is None else fds,
+            encode(self.config_message(protocol=protocol)) if payload is None else payload,
+            self.fds(protocol).flat() if fds is None else fds,
         )
 
-    def ready(self, protocol: int = PROTOCOL_VERSION) -> None:
-        """HELLO, CONFIG of `protocol` (3 or 4: both carry the token), READY."""
+    def ready(self, protocol: int = PROTOCOL_VERSION, **changes: Any) -> dict[str, Any]:
+        """HELLO, CONFIG of `protocol` (3, 4 or 5: all carry the token; 5 the vCPU records), READY."""
         self.hello()
-        self.send_config(payload=encode(self.config_message(protocol=protocol)))
-        self.channel.recv(REPLY_TIMEOUT, {MessageType.READY})
+        self.send_config(payload=encode(self.config_message(protocol=protocol, **changes)), protocol=protocol)
+        ready = decode(self.channel.recv(REPLY_TIMEOUT, {MessageType.READY}).payload)
+        assert isinstance(ready, dict)
+        if ready.get("lane") is True:
+            self.records.arm(2)
+        return ready
 
     def state_blob(self) -> bytes:
         """The whole state in one container (protocols 1-3)."""
@@ -187,6 +199,11 @@ class OldVmm:
     def send_state(self, vcpus: bytes | None = None, rest: bytes | None = None) -> None:
         """Protocol 4: STATE_VCPUS, then STATE."""
         self.channel.send(MessageType.STATE_VCPUS, self.vcpus_blob() if vcpus is None else vcpus)
+        self.channel.send(MessageType.STATE, self.rest_blob() if rest is None else rest)
+
+    def send_records(self, rest: bytes | None = None, fault: str | None = None) -> None:
+        """Protocol 5: the vCPU's record (written by hotswap's writer from the offer's vCPU), then STATE."""
+        self.records.send_all(fault)
         self.channel.send(MessageType.STATE, self.rest_blob() if rest is None else rest)
 
     # -- endings ----------------------------------------------------------------------------------------------
@@ -219,6 +236,7 @@ class OldVmm:
         os.close(self.console_fd)
         self.api.close()
         self.ownership.close()
+        self.records.close()
         try:
             self.process.wait(EXIT_TIMEOUT)
         except subprocess.TimeoutExpired:
@@ -283,12 +301,12 @@ def config_unknown_field(old: OldVmm) -> None:
 def state_truncated(old: OldVmm) -> None:
     old.ready()
     blob = old.rest_blob()
-    old.send_state(rest=blob[: len(blob) // 2])
+    old.send_records(rest=blob[: len(blob) // 2])
 
 
 def state_corrupted(old: OldVmm) -> None:
     old.ready()
-    old.send_state(rest=corrupted(old.rest_blob()))
+    old.send_records(rest=corrupted(old.rest_blob()))
 
 
 def corrupted(blob: bytes) -> bytes:
@@ -305,49 +323,49 @@ def with_version(blob: bytes, version: int) -> bytes:
 
 def state_bad_version(old: OldVmm) -> None:
     old.ready()
-    old.send_state(rest=with_version(old.rest_blob(), 99))
+    old.send_records(rest=with_version(old.rest_blob(), 99))
 
 
 def state_unknown_vcpu_field(old: OldVmm) -> None:
-    old.ready()
+    old.ready(protocol=4)
     vcpus = [{**old.offer.tree["vcpus"][0], "turbo": 1}]
     old.channel.send(MessageType.STATE_VCPUS, pack_part({"vcpus": vcpus}))  # a valid container
 
 
 def vcpus_truncated(old: OldVmm) -> None:
-    old.ready()
+    old.ready(protocol=4)
     blob = old.vcpus_blob()
     old.channel.send(MessageType.STATE_VCPUS, blob[: len(blob) // 2])
 
 
 def vcpus_corrupted(old: OldVmm) -> None:
-    old.ready()
+    old.ready(protocol=4)
     old.channel.send(MessageType.STATE_VCPUS, corrupted(old.vcpus_blob()))
 
 
 def vcpus_bad_version(old: OldVmm) -> None:
-    old.ready()
+    old.ready(protocol=4)
     old.channel.send(MessageType.STATE_VCPUS, with_version(old.vcpus_blob(), 99))
 
 
 def vcpus_part_holds_more(old: OldVmm) -> None:
-    old.ready()
+    old.ready(protocol=4)
     old.channel.send(MessageType.STATE_VCPUS, pack_part({"vcpus": old.offer.tree["vcpus"], "vm": {}}))
 
 
 def state_parts_overlap(old: OldVmm) -> None:
-    old.ready()
+    old.ready(protocol=4)
     old.send_state(rest=pack_part(old.offer.tree))  # STATE holds the vCPUs again
 
 
 def state_parts_of_two_formats(old: OldVmm) -> None:
-    old.ready()
+    old.ready(protocol=4)
     old.send_state(rest=with_version(old.rest_blob(), 1))
 
 
 def close_after_vcpus(old: OldVmm) -> None:
     """The old VMM sent the vCPUs and went away: the successor restored them, but never runs them."""
-    old.ready()
+    old.ready(protocol=4)
     old.channel.send(MessageType.STATE_VCPUS, old.vcpus_blob())
     old.close()
 
@@ -384,13 +402,19 @@ def state_after_take_back(old: OldVmm) -> None:
     """The old VMM took the guest back (as after a timeout) by the time the successor restored the state."""
     old.ready()
     old.take_back()
+    old.send_records()
+
+
+def state_after_take_back_protocol_4(old: OldVmm) -> None:
+    old.ready(protocol=4)
+    old.take_back()
     old.send_state()
 
 
 def abort_after_state(old: OldVmm) -> None:
     old.ready()
     old.take_back()
-    old.send_state()
+    old.send_records()
     old.channel.send_abort(ErrorCode.TIMEOUT, "the successor took too long")
     old.close()
 
@@ -398,8 +422,72 @@ def abort_after_state(old: OldVmm) -> None:
 def close_after_state(old: OldVmm) -> None:
     old.ready()
     old.take_back()
-    old.send_state()
+    old.send_records()
     old.close()
+
+
+# -- protocol 5's vCPU records -------------------------------------------------------------------------------------
+def record_corrupted(old: OldVmm) -> None:
+    old.ready()
+    old.send_records(fault="corrupt")
+
+
+def record_truncated(old: OldVmm) -> None:
+    old.ready()
+    old.send_records(fault="truncate")
+
+
+def record_bad_version(old: OldVmm) -> None:
+    old.ready()
+    old.send_records(fault="badversion")
+
+
+def record_of_another_generation(old: OldVmm) -> None:
+    old.ready()
+    old.records.arm(3)  # written for generation 3; the successor becomes 2
+    old.send_records()
+
+
+def state_without_records(old: OldVmm) -> None:
+    """STATE arrives, but no record was written: the successor waits for it (5 s), then gives up."""
+    old.ready()
+    old.channel.send(MessageType.STATE, old.rest_blob())
+
+
+def state_holds_vcpus_beside_records(old: OldVmm) -> None:
+    old.ready()
+    old.send_records(rest=pack_part(old.offer.tree))
+
+
+def vcpus_message_beside_records(old: OldVmm) -> None:
+    """The records were accepted (READY "lane": true): STATE_VCPUS is out of order."""
+    old.ready()
+    old.channel.send(MessageType.STATE_VCPUS, old.vcpus_blob())
+
+
+def close_after_records(old: OldVmm) -> None:
+    """The records are written and the old VMM goes away before STATE: the successor restored the vCPU, but never
+    runs it."""
+    old.ready()
+    old.records.send_all()
+    old.close()
+
+
+def config_records_malformed(old: OldVmm) -> None:
+    old.hello()
+    old.send_config(payload=encode(old.config_message(lane={"format": FORMATS.current, "vcpus": [{"version": 1}]})))
+
+
+def config_records_without_fds(old: OldVmm) -> None:
+    old.hello()
+    fds = old.fds()
+    fds.lane = []
+    old.send_config(payload=encode(old.config_message(fds=fds.counts())), fds=fds.flat())
+
+
+def config_records_in_protocol_4(old: OldVmm) -> None:
+    old.hello()
+    old.send_config(payload=encode(old.config_message(protocol=4, fds=old.fds().counts())), fds=old.fds().flat())
 
 
 def state_after_take_back_protocol_3(old: OldVmm) -> None:
@@ -411,14 +499,14 @@ def state_after_take_back_protocol_3(old: OldVmm) -> None:
 
 def whole_state_in_protocol_4(old: OldVmm) -> None:
     """Protocol 4 with the whole state in STATE (no STATE_VCPUS): out of order."""
-    old.ready()
+    old.ready(protocol=4)
     old.channel.send(MessageType.STATE, old.state_blob())
 
 
 def config_protocol_2(old: OldVmm) -> None:
     """CONFIG as an older VMM (protocol 2) sends it: no ownership token among the fds."""
     old.hello()
-    fds = old.fds()
+    fds = old.fds(protocol=2)
     fds.ownership = []
     old.send_config(payload=encode(old.config_message(protocol=2, fds=fds.counts())), fds=fds.flat())
 
@@ -435,7 +523,7 @@ def close_after_restored_protocol_2(old: OldVmm) -> None:
 def config_protocol_2_with_token(old: OldVmm) -> None:
     """A protocol-2 CONFIG that carries a token: the successor would wait for COMMIT while nobody takes it."""
     old.hello()
-    old.send_config(payload=encode(old.config_message(protocol=2)))
+    old.send_config(payload=encode(old.config_message(protocol=2)), protocol=2)
 
 
 def config_without_token(old: OldVmm) -> None:
@@ -481,6 +569,21 @@ CASES = {
     "state-parts-of-two-formats": Case(state_parts_of_two_formats, ErrorCode.BAD_STATE, ("different formats",)),
     "whole-state-in-protocol-4": Case(whole_state_in_protocol_4, ErrorCode.PROTOCOL, ("STATE", "STATE_VCPUS")),
     "close-after-vcpus": Case(close_after_vcpus),
+    "record-corrupted": Case(record_corrupted, ErrorCode.BAD_STATE, ("vCPU 0's state record", "bad checksum")),
+    "record-truncated": Case(record_truncated, ErrorCode.BAD_STATE, ("vCPU 0's state record", "length mismatch")),
+    "record-bad-version": Case(record_bad_version, ErrorCode.VERSION_MISMATCH, ("format version 99",)),
+    "record-of-another-generation": Case(
+        record_of_another_generation, ErrorCode.BAD_STATE, ("generation 3, expected 2",)
+    ),
+    "state-without-records": Case(state_without_records, ErrorCode.RESTORE_FAILED, ("record was not taken",)),
+    "state-holds-vcpus-beside-records": Case(
+        state_holds_vcpus_beside_records, ErrorCode.BAD_STATE, ("STATE holds 'vcpus'",)
+    ),
+    "vcpus-message-beside-records": Case(vcpus_message_beside_records, ErrorCode.PROTOCOL, ("STATE_VCPUS",)),
+    "close-after-records": Case(close_after_records),
+    "config-records-malformed": Case(config_records_malformed, ErrorCode.BAD_CONFIG, ("lane",)),
+    "config-records-without-fds": Case(config_records_without_fds, ErrorCode.BAD_CONFIG, ("lane", "fds")),
+    "config-records-in-protocol-4": Case(config_records_in_protocol_4, ErrorCode.BAD_CONFIG, ("record fds",)),
     "state-after-take-back-protocol-3": Case(state_after_take_back_protocol_3),
     "close-before-hello": Case(close_before_hello),
     "close-after-hello": Case(close_after_hello),
@@ -489,6 +592,7 @@ CASES = {
     "close-after-ready": Case(close_after_ready),
     "close-after-state": Case(close_after_state),
     "state-after-take-back": Case(state_after_take_back),
+    "state-after-take-back-protocol-4": Case(state_after_take_back_protocol_4),
     "abort-after-state": Case(abort_after_state),
     "close-after-restored-protocol-2": Case(close_after_restored_protocol_2),
     "config-without-token": Case(config_without_token, ErrorCode.BAD_CONFIG, ("ownership token",)),
@@ -560,20 +664,34 @@ def test_successor_says_why(run_case: Callable[[str], Result], name: str) -> Non
         assert word in text, f"{word!r} not in {text!r}"
 
 
-@pytest.mark.parametrize("protocol", [PROTOCOL_VERSION, 3, 2])
-def test_the_checks_see_a_successor_that_runs_the_guest(offer: Offer, tmp_path: Path, protocol: int) -> None:
-    """The whole handover done right, and the checks above see the guest run: in protocols 3-4 the successor takes
-    the token and resumes; from an older VMM (protocol 2, no token) it sends RESTORED and resumes only after
-    COMMIT."""
+@pytest.mark.parametrize("protocol", [str(PROTOCOL_VERSION), "5-declined", "4", "3", "2"])
+def test_the_checks_see_a_successor_that_runs_the_guest(offer: Offer, tmp_path: Path, protocol: str) -> None:
+    """The whole handover done right, and the checks above see the guest run: in protocols 3-5 the successor takes
+    the token and resumes (5: the vCPU from its record; 5-declined: records of another MSR list offered, so the
+    successor declines them and the vCPU comes in STATE_VCPUS); from an older VMM (protocol 2, no token) it sends
+    RESTORED and resumes only after COMMIT."""
     before, pristine = offer.digest(), offer.ram()
     old = OldVmm(offer, tmp_path)
     try:
-        if protocol == PROTOCOL_VERSION:
-            old.ready()
+        if protocol == str(PROTOCOL_VERSION):
+            assert old.ready().get("lane") is True
+            old.send_records()
+            old.channel.recv(REPLY_TIMEOUT, {MessageType.RESUMED})
+            assert not old.ownership.take(), "the successor runs the guest without holding the token"
+        elif protocol == "5-declined":
+            layouts = old.records.config()
+            layouts[0]["msrs"] = layouts[0]["msrs"][1:]  # not this VMM's MSR list
+            ready = old.ready(lane={"format": FORMATS.current, "vcpus": layouts})
+            assert ready.get("lane") is False and "MSR list" in ready["lane_declined"], ready
             old.send_state()
             old.channel.recv(REPLY_TIMEOUT, {MessageType.RESUMED})
             assert not old.ownership.take(), "the successor runs the guest without holding the token"
-        elif protocol == 3:
+        elif protocol == "4":
+            old.ready(protocol=4)
+            old.send_state()
+            old.channel.recv(REPLY_TIMEOUT, {MessageType.RESUMED})
+            assert not old.ownership.take(), "the successor runs the guest without holding the token"
+        elif protocol == "3":
             old.ready(protocol=3)
             old.channel.send(MessageType.STATE, old.state_blob())
             old.channel.recv(REPLY_TIMEOUT, {MessageType.RESUMED})

@@ -51,11 +51,15 @@ def test_upgrade_hands_the_guest_to_a_new_process(vm: GuestVm, guest_elf: Path, 
     # The successor published its staged registry record before the command returned, and left nothing else.
     assert json.loads((vm.run_dir / f"{vm.name}.json").read_text())["pid"] == result["new_pid"]
     assert not list(vm.run_dir.glob("*.tmp")), "a staged registry record was left behind"
-    # Protocol 4: the successor restored the vCPUs from STATE_VCPUS, ahead of the rest of the state.
-    assert {"vcpus_unpack_us", "vcpus_parse_us", "vcpus_us"} <= set(result["restore_detail_us"])
+    # Protocol 5: the vCPUs went as records in shared memory, taken by the successor's vCPU threads before its
+    # main thread looked for them.
+    assert result["vcpu_records"] is True
+    restore = result["restore_detail_us"]
+    assert {"vcpus_us", "vcpus_wait_us", "vcpus_lead_us"} <= set(restore) and "vcpus_unpack_us" not in restore
+    assert result["state_bytes"] > cpus * 4096  # each record holds at least the XSAVE area
     # The old VMM's side, part by part: the parts tile the capture phase (each rounded down to whole us).
     capture = result["capture_detail_us"]
-    assert set(capture) == {"vcpus_us", "vcpus_pack_us", "vcpus_send_us", "platform_us", "platform_pack_us"}
+    assert set(capture) == {"vcpus_us", "platform_us", "platform_pack_us"}
     assert all(v >= 0 for v in capture.values()) and sum(capture.values()) <= result["phases_us"]["capture"] + 5
     assert sum(capture.values()) >= result["phases_us"]["capture"] - 5
     assert capture["vcpus_us"] > 0  # reading a vCPU is ten ioctls: never under a microsecond

@@ -100,7 +100,7 @@ def test_hello_round_trip_and_layout() -> None:
 
 def test_local_hello() -> None:
     hello = Hello.local()
-    assert hello.protocol_versions == SUPPORTED_PROTOCOL_VERSIONS == (1, 2, 3, PROTOCOL_VERSION)
+    assert hello.protocol_versions == SUPPORTED_PROTOCOL_VERSIONS == (1, 2, 3, 4, PROTOCOL_VERSION)
     assert CURRENT_FORMAT in hello.state_formats
     assert hello.pid > 0
 
