@@ -269,12 +269,10 @@ struct hs_lane {
 #define HS_LANE_BAD_LENGTH ...
 #define HS_LANE_BAD_CHECKSUM ...
 #define HS_LANE_TOO_BIG ...
-#define HS_LANE_NOT_SENT ...
 #define HS_LANE_FAULT_CORRUPT ...
 #define HS_LANE_FAULT_TRUNCATE ...
 #define HS_LANE_FAULT_BADVERSION ...
 int hs_lane_send(struct hs_lane *lane);
-int hs_lane_send_all(struct hs_lane **lanes, int count, int started_fd, int done_fd);
 int hs_lane_take(struct hs_lane *lane);
 uint64_t hs_lane_checksum(const uint8_t *data, size_t size);
 
@@ -286,7 +284,6 @@ struct hs_park {
     struct hs_lane *lane;
 };
 int hs_park(struct hs_park *park);
-int hs_spin_readable(int fd, long long max_ns);
 int hs_open_and_wait(int gate_fd, int counter_fd, int count, int timeout_ms);
 
 /* A UART's transmitter served in C (kvm/byte_queue.py): while `open`, 1-byte MMIO writes to base + data_offset
@@ -467,7 +464,6 @@ static int hs_spin_readable(int fd, long long max_ns) {
 #define HS_LANE_BAD_LENGTH 6        /* found / expected: payload bytes */
 #define HS_LANE_BAD_CHECKSUM 7
 #define HS_LANE_TOO_BIG 8           /* writer: the pieces do not fit the slot */
-#define HS_LANE_NOT_SENT 9          /* writer: an earlier vCPU's record failed (hs_lane_send_all) */
 #define HS_LANE_FAULT_CORRUPT 1     /* writer faults for the safety tests (hotswap/handover/faults.py) */
 #define HS_LANE_FAULT_TRUNCATE 2
 #define HS_LANE_FAULT_BADVERSION 3
@@ -543,19 +539,6 @@ static int hs_lane_send(struct hs_lane *lane) {
     clock_gettime(CLOCK_MONOTONIC, &end);
     lane->ran_ns = hs_ns_between(&start, &end);
     return lane->status = HS_LANE_OK;
-}
-
-/* Writer, every vCPU: signal started_fd once this thread runs without the GIL (another thread may take it at
-   once, with nobody to wait for), send each lane's record in order (stop at the first failure), then signal
-   done_fd whatever happened. Returns how many were sent. */
-static int hs_lane_send_all(struct hs_lane **lanes, int count, int started_fd, int done_fd) {
-    uint64_t one = 1;
-    if (started_fd >= 0 && write(started_fd, &one, sizeof one) < 0) { /* an eventfd at its limit is readable */ }
-    int sent = 0;
-    while (sent < count && hs_lane_send(lanes[sent]) == HS_LANE_OK) sent++;
-    for (int i = sent + 1; i < count; i++) lanes[i]->status = HS_LANE_NOT_SENT;
-    if (done_fd >= 0 && write(done_fd, &one, sizeof one) < 0) { /* likewise */ }
-    return sent;
 }
 
 /* Reader: check the record (everything before the first ioctl), copy it into the restore buffers, run the restore

@@ -196,7 +196,6 @@ def _raise_for(lane: CData, vcpu_id: int, batch: IoctlBatch | None) -> None:
         lib.HS_LANE_BAD_LENGTH: ("length", f"length mismatch: the header announces {found} bytes, {expected} expected"),
         lib.HS_LANE_BAD_CHECKSUM: ("checksum", "bad checksum (data corrupted)"),
         lib.HS_LANE_TOO_BIG: ("size", f"{found} bytes do not fit its {expected}-byte slot"),
-        lib.HS_LANE_NOT_SENT: ("not-sent", "not sent: an earlier vCPU's record failed"),
     }
     kind, detail = reasons.get(status, ("unknown", f"status {status}"))
     raise LaneRecordError(vcpu_id, kind, detail, found, expected)
@@ -221,27 +220,6 @@ class LaneWriter:
         lib.hs_lane_send(lane)
         _raise_for(lane, self.vcpu.id, self._batch)
         return int(lane.ran_ns) // 1000
-
-
-class LaneWriterSet:
-    """Every vCPU's writer, run by one C call (hs_lane_send_all) that signals `started_fd` as soon as it holds no
-    GIL and `done_fd` when all records are out (or one failed): another thread can do Python work meanwhile."""
-
-    def __init__(self, writers: list[LaneWriter]) -> None:
-        self._writers = writers
-        self._array = ffi.new("struct hs_lane *[]", [writer._lane for writer in writers])
-
-    def send(self, started_fd: int = -1, done_fd: int = -1, fault: str | None = None) -> None:
-        """Send every record (`fault`: vCPU 0's, for the safety tests); check() raises what went wrong."""
-        for index, writer in enumerate(self._writers):
-            writer._lane.fault = FAULTS[fault] if fault and index == 0 else 0
-        lib.hs_lane_send_all(self._array, len(self._writers), started_fd, done_fd)
-
-    def check(self) -> int:
-        """After send(): raise the first failure; returns how long the records took (us)."""
-        for writer in self._writers:
-            _raise_for(writer._lane, writer.vcpu.id, writer._batch)
-        return sum(int(writer._lane.ran_ns) for writer in self._writers) // 1000
 
 
 class LaneReader:

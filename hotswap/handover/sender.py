@@ -122,15 +122,12 @@ class _Sent:
     # when each step named in `names` ended (the last, the rest's packing: `captured`)
     steps: list[int] = field(default_factory=list)
     names: tuple[str, ...] = ()
-    records_us: int | None = None  # the vCPU records, written on the vCPU thread while the rest was captured
 
     def detail_us(self) -> dict[str, int]:
-        """How long each part of the capture took, for the upgrade report: parts that tile the capture phase, and
-        with vCPU records "vcpus_us", the time they took beside them."""
+        """How long each part of the capture took, for the upgrade report."""
         stamps = [self.quiesced, *self.steps, self.captured]
         pairs = zip(self.names, pairwise(stamps), strict=True)
-        parts = {f"{name}_us": (end - begin) // 1000 for name, (begin, end) in pairs}
-        return parts if self.records_us is None else {**parts, "vcpus_us": self.records_us}
+        return {f"{name}_us": (end - begin) // 1000 for name, (begin, end) in pairs}
 
 
 class _Session:
@@ -215,31 +212,22 @@ class _Session:
                 fault_point("sender", generation, "after_pause")
                 machine.devices.quiesce()
                 sent.quiesced = now_ns()
+                # The vCPUs first: the successor's vCPU threads restore them while we capture the rest.
                 if records is not None and records.armed:
-                    # Each vCPU into its record, in C: the main thread, awake, captures the rest meanwhile
-                    # (send_platform) and sends STATE once the records are out.
-                    records.write(record_fault(generation))
-                    return
-                # The vCPUs first, in a message of their own: the successor restores them while we capture the rest.
-                vcpus = pack_part({"vcpus": machine.capture_vcpus()})
-                sent.steps.append(now_ns())
-                sent.vcpus_bytes = len(vcpus)
-                wire.send(MessageType.STATE_VCPUS, mangle_state(vcpus, generation, "vcpus"))
-                sent.steps.append(now_ns())
-                sent.names = ("vcpus", "vcpus_send", "platform", "platform_pack")
+                    sent.vcpus_bytes = records.send_all(record_fault(generation))
+                    sent.steps.append(now_ns())
+                    sent.names = ("vcpus", "platform", "platform_pack")
+                else:
+                    vcpus = pack_part({"vcpus": machine.capture_vcpus()})
+                    sent.steps.append(now_ns())
+                    sent.vcpus_bytes = len(vcpus)
+                    wire.send(MessageType.STATE_VCPUS, mangle_state(vcpus, generation, "vcpus"))
+                    sent.steps.append(now_ns())
+                    sent.names = ("vcpus", "vcpus_send", "platform", "platform_pack")
                 fault_point("sender", generation, "after_vcpus")
-                send_platform()
-
-            def send_platform() -> None:
                 platform = machine.capture_platform(console_since=console_mark)
                 sent.steps.append(now_ns())
                 sent.platform = pack_part(platform)
-                if records is not None and records.armed:
-                    sent.steps.append(now_ns())
-                    sent.records_us = records.wait_written()
-                    sent.vcpus_bytes = records.size
-                    sent.names = ("platform", "platform_pack", "vcpus_wait")
-                    fault_point("sender", generation, "after_vcpus")
                 sent.captured = now_ns()
                 wire.send(MessageType.STATE, mangle_state(sent.platform, generation))
                 fault_point("sender", generation, "after_state")
@@ -247,10 +235,7 @@ class _Session:
             records = self.records
             pause_requested = now_ns()
             self.paused = True  # from here a rollback resumes the guest
-            lane = records is not None and records.armed
-            window = machine.pause(
-                then=capture_and_send, meanwhile=(records.started, send_platform) if records and lane else None
-            )
+            window = machine.pause(then=capture_and_send)
             resumed = decode(wire.recv(RESUME_TIMEOUT).payload)  # RESUMED: the successor took the guest and runs it
         except (WireError, HotswapError, OSError, ValueError) as exc:
             reason = self._describe_failure(exc)

@@ -6,12 +6,8 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from hotswap.errors import HotswapError
 from hotswap.machine.machine import Machine
-from hotswap.machine.signal_fd import drain, wait_readable
-from kvm.lane import HEADER_BYTES, LaneRegion, LaneWriter, LaneWriterSet, slot_offsets
-
-RECORDS_TIMEOUT = 5.0  # seconds; ten ioctls per vCPU and a copy: a few hundred us
+from kvm.lane import HEADER_BYTES, LaneRegion, LaneWriter, slot_offsets
 
 
 class OutgoingRecords:
@@ -23,10 +19,7 @@ class OutgoingRecords:
         self._offsets, size = slot_offsets(self.layouts)
         self.region = LaneRegion.create(size)
         self.notify = [os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK) for _ in self.layouts]
-        self._writers: LaneWriterSet | None = None
-        # Signalled by the writing thread once it runs without the GIL, and once the records are out.
-        self.started = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
-        self.done = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
+        self._writers: list[LaneWriter] = []
 
     def fds(self) -> list[int]:
         """CONFIG's "lane" fds: the memfd, then each vCPU's eventfd."""
@@ -38,50 +31,25 @@ class OutgoingRecords:
 
     def arm(self, generation: int) -> None:
         """Build the writers (before the pause): records for the successor becoming `generation`."""
-        self._writers = LaneWriterSet(
-            [
-                LaneWriter(vcpu, self.region, offset, layout, notify, generation)
-                for vcpu, offset, layout, notify in zip(
-                    self._vcpus, self._offsets, self.layouts, self.notify, strict=True
-                )
-            ]
-        )
+        self._writers = [
+            LaneWriter(vcpu, self.region, offset, layout, notify, generation)
+            for vcpu, offset, layout, notify in zip(self._vcpus, self._offsets, self.layouts, self.notify, strict=True)
+        ]
 
     @property
     def armed(self) -> bool:
-        return self._writers is not None
-
-    @property
-    def size(self) -> int:
-        """Bytes the records take (headers included)."""
-        return sum(HEADER_BYTES + layout.payload_bytes for layout in self.layouts)
-
-    def write(self, fault: str | None = None) -> None:
-        """Inside the window, on the thread that may touch the vCPUs: capture every vCPU into its record and signal
-        each successor vCPU thread, in C; `started` is signalled as soon as this runs without the GIL, `done` at
-        the end. `fault` (safety tests) damages vCPU 0's record. wait_written() says how it went."""
-        assert self._writers is not None, "write() before arm()"
-        drain(self.started)
-        drain(self.done)
-        self._writers.send(self.started, self.done, fault)
-
-    def wait_written(self) -> int:
-        """Wait for write() (on any thread) to be done; raises what failed. Returns how long it took (us)."""
-        assert self._writers is not None, "wait_written() before arm()"
-        if not wait_readable(self.done, RECORDS_TIMEOUT):
-            raise HotswapError(f"the vCPU records were not written within {RECORDS_TIMEOUT} s")
-        drain(self.done)
-        return self._writers.check()
+        return bool(self._writers)
 
     def send_all(self, fault: str | None = None) -> int:
-        """write() and wait_written() on this thread. Returns the bytes written."""
-        self.write(fault)
-        self.wait_written()
-        return self.size
+        """Inside the window: capture every vCPU into its record and signal the successor's vCPU thread. `fault`
+        (safety tests) damages vCPU 0's record. Returns the bytes written."""
+        for index, writer in enumerate(self._writers):
+            writer.send(fault if index == 0 else None)
+        return sum(HEADER_BYTES + layout.payload_bytes for layout in self.layouts)
 
     def close(self) -> None:
-        self._writers = None
+        self._writers = []
         self.region.close()
-        for fd in (*self.notify, self.started, self.done):
+        for fd in self.notify:
             os.close(fd)
         self.notify = []

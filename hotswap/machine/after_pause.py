@@ -11,17 +11,13 @@ parked, e.g. after the guest stopped), the controlling thread runs it instead, s
 
 from __future__ import annotations
 
-import os
 import threading
 from collections.abc import Callable
 
 
 class AfterPause:
-    def __init__(self, work: Callable[[], None], vcpus: int, signal_fd: int | None = None) -> None:
-        """`signal_fd`: an eventfd written once the work ended, whatever happened (after `error` is set), for a
-        controlling thread that waits for the work's own signal on it (Machine.pause's `meanwhile`)."""
+    def __init__(self, work: Callable[[], None], vcpus: int) -> None:
         self._work = work
-        self._signal_fd = signal_fd
         self._waiting_for = vcpus
         self._lock = threading.Lock()
         self._claimed = False
@@ -59,6 +55,4 @@ class AfterPause:
         except Exception as exc:  # handed to the controlling thread, which handles it as its own
             self.error = exc
         finally:
-            if self._signal_fd is not None:
-                os.eventfd_write(self._signal_fd, 1)
             self._done.set()

@@ -29,7 +29,7 @@ from hotswap.machine.devices import DeviceSet
 from hotswap.machine.eventloop import EventLoop
 from hotswap.machine.exit_handler import Stop
 from hotswap.machine.platform import Platform, build_platform
-from hotswap.machine.signal_fd import Gate, drain, wait_readable
+from hotswap.machine.signal_fd import Gate, drain
 from hotswap.machine.state_tree import machine_info_from_tree, vcpu_state_from_tree, vm_state_from_tree
 from hotswap.machine.vcpu_thread import VcpuThread
 from hotswap.machine.virtio import virtio_specs
@@ -39,7 +39,6 @@ from kvm.batch import IoctlBatch
 from kvm.lane import LaneLayout, LaneReader, LaneRegion, layout_of, slot_offsets
 
 PAUSE_TIMEOUT = 5.0
-HANDOFF_SPIN_US = 3000  # covers a pause and a quiesce (0.1-0.3 ms here) with room to spare
 
 
 class RunState(enum.Enum):
@@ -209,27 +208,14 @@ class Machine:
         self.devices.resume()
 
     # -- control ----------------------------------------------------------------------------------------------
-    def pause(
-        self, then: Callable[[], None] | None = None, meanwhile: tuple[int, Callable[[], None]] | None = None
-    ) -> PauseWindow:
+    def pause(self, then: Callable[[], None] | None = None) -> PauseWindow:
         """Stop every vCPU (all kicked at once, then waited for). `then` runs once all are stopped, before this
-        returns, on the thread of the vCPU that stopped last (after_pause.py); what it raises is raised here.
-
-        `meanwhile` = (eventfd, work): `then` writes the eventfd once it runs without the GIL (in C), and this
-        thread, awake and polling it (no wake-up to pay), runs `work` while `then` goes on; if no vCPU thread ran
-        `then`, this thread runs both, one after the other. What `work` raises is raised here too."""
+        returns, on the thread of the vCPU that stopped last (after_pause.py); what it raises is raised here."""
         with self._control:
             self._gate.close()
-            signal_fd = meanwhile[0] if meanwhile is not None else None
-            after = AfterPause(then, len(self.vcpu_threads), signal_fd) if then is not None else None
+            after = AfterPause(then, len(self.vcpu_threads)) if then is not None else None
             for thread in self.vcpu_threads:
                 thread.request_pause(after)
-            work_error: Exception | None = None
-            work_done = meanwhile is None
-            if meanwhile is not None and after is not None and self._await_handoff(after, meanwhile[0]):
-                work_done = True
-                if after.error is None:
-                    work_error = _run_catching(meanwhile[1])
             for thread in self.vcpu_threads:
                 if not thread.wait_paused(PAUSE_TIMEOUT) and not (after is not None and after.started):
                     raise HotswapError(f"vCPU {thread.index} did not pause within {PAUSE_TIMEOUT} s")
@@ -237,25 +223,8 @@ class Machine:
                 self.state = RunState.PAUSED
             if after is not None:
                 after.finish()
-            if meanwhile is not None and not work_done:
-                meanwhile[1]()
-            if work_error is not None:
-                raise work_error
             stamps = [t.paused_at_ns for t in self.vcpu_threads]
             return PauseWindow(min(stamps), max(stamps))
-
-    def _await_handoff(self, after: AfterPause, fd: int) -> bool:
-        """Wait for `then` to write `fd` (polling without sleeping for the first 3 ms); False when no vCPU thread
-        will run it (every vCPU was already parked) or it did not come within PAUSE_TIMEOUT."""
-        if wait_readable(fd, 0, spin_us=HANDOFF_SPIN_US):
-            return True
-        deadline = time.monotonic() + PAUSE_TIMEOUT
-        while time.monotonic() < deadline:
-            if wait_readable(fd, 0.002):
-                return True
-            if not after.started and all(thread.is_paused for thread in self.vcpu_threads):
-                return False
-        return False
 
     def resume(self) -> int:
         """Let every vCPU run again; returns CLOCK_MONOTONIC ns when the last one was back on its way into
@@ -456,11 +425,3 @@ class Machine:
         vm_done = time.perf_counter_ns()
         self.devices.restore(devices, console_prefix)
         return {"vm_us": (vm_done - started) // 1000, "devices_us": (time.perf_counter_ns() - vm_done) // 1000}
-
-
-def _run_catching(work: Callable[[], None]) -> Exception | None:
-    try:
-        work()
-    except Exception as exc:  # raised by pause() once the vCPU side finished too
-        return exc
-    return None

@@ -22,16 +22,6 @@ def drain(fd: int) -> None:
         pass
 
 
-def wait_readable(fd: int, timeout: float, spin_us: int = 0) -> bool:
-    """Wait until `fd` is readable (True) or `timeout` seconds passed (False), polling it without sleeping for
-    the first `spin_us` (no wake-up to pay when it comes soon), in C without the GIL."""
-    if spin_us > 0 and lib.hs_spin_readable(fd, spin_us * 1000) == 1:
-        return True
-    poll = select.poll()
-    poll.register(fd, select.POLLIN)
-    return bool(poll.poll(max(0, int(timeout * 1000))))
-
-
 def _poll_ms(deadline: float | None) -> int:
     return -1 if deadline is None else max(0, int((deadline - time.monotonic()) * 1000) + 1)
 
