@@ -6,7 +6,8 @@ the generation the successor is becoming), STEP a step name below, and ACTION on
 (exit status 1), hang (stop answering), raise (an exception at that point, as a bug would). Sender-only data
 actions, step `state` (the STATE container) or `vcpus` (the STATE_VCPUS container, or vCPU 0's state record in
 shared memory): corrupt (flip a byte), badversion (a container or record of an unknown format version), truncate
-(send half the container; a record announcing half its length). The variable is
+(send half the container; a record announcing half its length). Successor-only: step `records`, action `decline`
+(decline the vCPU records offered in CONFIG, so the old VMM sends STATE_VCPUS: its fallback path). The variable is
 inherited by successors; the generation keeps a fault to one upgrade."""
 
 from __future__ import annotations
@@ -99,6 +100,15 @@ def record_fault(generation: int) -> str | None:
     if action is not None:
         consume("sender", generation, "vcpus")
     return action if action in ("corrupt", "truncate", "badversion") else None
+
+
+def declines_records(generation: int) -> bool:
+    """Whether the successor becoming `generation` is to decline the vCPU records (`successor@GEN:records:decline`),
+    consumed once asked."""
+    if action_at("successor", generation, "records") != "decline":
+        return False
+    consume("successor", generation, "records")
+    return True
 
 
 def mangle_state(blob: bytes, generation: int, part: str = "state") -> bytes:

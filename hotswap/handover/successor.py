@@ -24,7 +24,7 @@ from typing import Any
 from hotswap import exitcodes, heap, log, registry, sdnotify
 from hotswap.config import MachineConfig
 from hotswap.errors import HotswapError
-from hotswap.handover.faults import fault_point
+from hotswap.handover.faults import declines_records, fault_point
 from hotswap.handover.layout import HandoverFds, virtio_fds_for
 from hotswap.handover.ownership import OwnershipToken
 from hotswap.handover.session import TrackedChannel
@@ -237,7 +237,9 @@ class _Successor:
         `fds` (the memfd, then an eventfd per vCPU) from here: kept while the records are awaited, or closed."""
         assert self.machine is not None
         reason: str | None = None
-        if state_format != FORMATS.current:
+        if declines_records(self.generation):
+            reason = "declined by HOTSWAP_FAULT (records:decline)"
+        elif state_format != FORMATS.current:
             reason = f"state format {state_format}, this build writes {FORMATS.current}"
         else:
             try:

@@ -69,6 +69,26 @@ def test_upgrade_hands_the_guest_to_a_new_process(vm: GuestVm, guest_elf: Path, 
     assert_continues(vm, before)
 
 
+def test_a_successor_that_declines_the_vcpu_records_gets_state_vcpus(run_dir: Path, guest_elf: Path) -> None:
+    """The old VMM's fallback when the successor does not take the vCPUs as records (another layout, in real life;
+    here a fault makes it decline): STATE_VCPUS then STATE, as in protocol 4, and the guest runs on."""
+    vm = GuestVm(run_dir, env={"HOTSWAP_FAULT": "successor@2:records:decline"})
+    try:
+        vm.start(guest_elf, guest_cmdline(status_ms=50), cpus=2)
+        before = vm.wait_statuses(3)
+        result = vm.upgrade()
+        assert result["vcpu_records"] is False
+        assert set(result["capture_detail_us"]) == {
+            "vcpus_us", "vcpus_send_us", "platform_us", "platform_pack_us"}  # fmt: skip
+        assert {"vcpus_unpack_us", "vcpus_parse_us", "vcpus_us"} <= set(result["restore_detail_us"])
+        assert vmm_pids(vm) == [result["new_pid"]]
+        seen = assert_continues(vm, before)
+        assert vm.upgrade()["vcpu_records"] is True, "the fault fires once: the next successor takes the records"
+        assert_continues(vm, seen, count=1)
+    finally:
+        vm.kill()
+
+
 def test_ten_upgrades_in_a_row(vm: GuestVm, guest_elf: Path) -> None:
     vm.start(guest_elf, guest_cmdline(status_ms=50), cpus=2)
     seen = vm.wait_statuses(2)
