@@ -45,7 +45,7 @@ class MessageType(IntEnum):
     HELLO = 1  # successor -> old: versions it speaks, its pid
     CONFIG = 2  # old -> successor: machine config (codec dict) + fds
     READY = 3  # successor -> old: VM built, waiting for state
-    STATE = 4  # old -> successor: state container (hotswap.state.pack); protocol 4: all but the vCPUs
+    STATE = 4  # old -> successor: state container (hotswap.state.pack); protocols 4-5: all but the vCPUs
     RESTORED = 5  # protocols 1-2, successor -> old: state restored, waiting for COMMIT
     COMMIT = 6  # protocols 1-2, old -> successor: the guest is yours; the old VMM never runs it again
     RESUMED = 7  # successor -> old: it owns the guest and its vCPUs run (payload: codec dict of timings)

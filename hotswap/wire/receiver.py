@@ -43,7 +43,7 @@ class ReceiverState(Enum):
     HELLO_SENT = "hello-sent"
     CONFIGURED = "configured"
     READY_SENT = "ready-sent"
-    VCPUS_RECEIVED = "vcpus-received"  # protocol 4
+    VCPUS_RECEIVED = "vcpus-received"  # protocol 4, and 5 with the vCPU records declined
     STATE_RECEIVED = "state-received"
     RESTORED_SENT = "restored-sent"  # protocols 1-2
     COMMITTED = "committed"  # protocols 1-2

@@ -44,6 +44,8 @@ FIRST_UPGRADE_COMMIT = "02c5a7e"
 LAST_PROTOCOL_2_COMMIT = "4150543"
 # The last build whose old VMM speaks protocol 3 (the whole state in STATE); protocol 4 (STATE_VCPUS) follows it.
 LAST_PROTOCOL_3_COMMIT = "e177a83"
+# The last build whose old VMM speaks protocol 4 (STATE_VCPUS); protocol 5 (the vCPU records) follows it.
+LAST_PROTOCOL_4_COMMIT = "816d1cd"
 PACKAGES = ("kvm", "devices", "hotswap")
 MEM = "64M"
 
@@ -177,6 +179,7 @@ def start_with(build: Build, vm: GuestVm, kernel: Path, cpus: int, outside: Path
         pytest.param(FIRST_UPGRADE_COMMIT, id="first-upgrade-build"),
         pytest.param(LAST_PROTOCOL_2_COMMIT, id="last-protocol-2-build"),
         pytest.param(LAST_PROTOCOL_3_COMMIT, id="last-protocol-3-build"),
+        pytest.param(LAST_PROTOCOL_4_COMMIT, id="last-protocol-4-build"),
         pytest.param("HEAD", id="last-commit"),
     ],
 )

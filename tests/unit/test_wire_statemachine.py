@@ -10,12 +10,12 @@ T = MessageType
 R = ReceiverState
 S = SenderState
 
-# Protocol 4 (this build's old VMMs): the state in two messages; the successor takes the ownership token instead of
-# a RESTORED/COMMIT round trip.
+# Protocol 5 (this build's old VMMs) with the vCPU records declined, and protocol 4: the state in two messages;
+# the successor takes the ownership token instead of a RESTORED/COMMIT round trip.
 SEQUENCE = [T.HELLO, T.CONFIG, T.READY, T.STATE_VCPUS, T.STATE, T.RESUMED]
 RECEIVER_STATES = [R.HELLO_SENT, R.CONFIGURED, R.READY_SENT, R.VCPUS_RECEIVED, R.STATE_RECEIVED, R.RESUMED]
 SENDER_STATES = [S.HELLO_RECEIVED, S.CONFIG_SENT, S.READY_RECEIVED, S.VCPUS_SENT, S.STATE_SENT, S.RESUMED]
-# Protocol 3: the whole state in STATE.
+# Protocol 3, and protocol 5 with the vCPU records accepted (the vCPUs in shared memory): STATE alone.
 TOKEN_SEQUENCE = [T.HELLO, T.CONFIG, T.READY, T.STATE, T.RESUMED]
 TOKEN_STATES = [R.HELLO_SENT, R.CONFIGURED, R.READY_SENT, R.STATE_RECEIVED, R.RESUMED]
 # Protocols 1-2 (older old VMMs handing over to this build).
@@ -102,7 +102,7 @@ def test_every_out_of_order_message_is_rejected(protocol: int) -> None:
 
 @pytest.mark.parametrize("steps", range(len(SEQUENCE) + 1))
 def test_the_sender_rejects_every_out_of_order_message(steps: int) -> None:
-    """This build's old VMM speaks protocol 4 only: after STATE, RESTORED or COMMIT is as wrong as anything else."""
+    """This build's old VMM speaks protocol 5 only: after STATE, RESTORED or COMMIT is as wrong as anything else."""
     for wrong in [t for t in MessageType if t not in (T.ERROR, T.ABORT)]:
         if steps < len(SEQUENCE) and wrong is SEQUENCE[steps]:
             continue
@@ -173,3 +173,52 @@ def test_incoming_and_outgoing_follow_the_direction() -> None:
         receiver.advance(msg_type)
         sender.advance(msg_type)
     assert receiver.incoming() == receiver.outgoing() == frozenset()
+
+
+def test_a_receiver_that_took_the_vcpu_records_expects_state_alone() -> None:
+    machine = Receiver(5)
+    for msg_type in (T.HELLO, T.CONFIG):
+        machine.advance(msg_type)
+    machine.use_protocol(5, lane=True)  # decided before READY, from CONFIG's offer
+    assert machine.lane
+    for msg_type, state in zip(TOKEN_SEQUENCE[2:], TOKEN_STATES[2:], strict=True):
+        assert machine.advance(msg_type) is state
+    assert machine.finished and machine.committed
+
+
+def test_a_receiver_that_took_the_records_refuses_state_vcpus() -> None:
+    machine = Receiver(5)
+    for msg_type in (T.HELLO, T.CONFIG):
+        machine.advance(msg_type)
+    machine.use_protocol(5, lane=True)
+    machine.advance(T.READY)
+    with pytest.raises(ProtocolError, match="got STATE_VCPUS in state READY_SENT \\(expected STATE\\)"):
+        machine.advance(T.STATE_VCPUS)
+
+
+def test_only_protocol_5_has_records() -> None:
+    machine = Receiver(4)
+    machine.use_protocol(4, lane=True)
+    assert not machine.lane
+    for msg_type in (T.HELLO, T.CONFIG, T.READY):
+        machine.advance(msg_type)
+    assert machine.incoming() == frozenset({T.STATE_VCPUS})
+
+
+def test_the_sender_drops_state_vcpus_once_the_records_were_taken() -> None:
+    machine = Sender()
+    for msg_type in (T.HELLO, T.CONFIG, T.READY):
+        machine.advance(msg_type)
+    machine.use_lane()
+    assert machine.outgoing() == frozenset({T.STATE})
+    machine.advance(T.STATE)
+    assert machine.state_sent
+    assert machine.advance(T.RESUMED) is S.RESUMED and machine.committed
+
+
+def test_the_sender_cannot_drop_state_vcpus_once_sent() -> None:
+    machine = Sender()
+    for msg_type in (T.HELLO, T.CONFIG, T.READY, T.STATE_VCPUS):
+        machine.advance(msg_type)
+    with pytest.raises(ProtocolError, match="VCPUS_SENT is not part of the new sequence"):
+        machine.use_lane()
