@@ -108,7 +108,6 @@ def hand_over(vmm: Vmm, action: Upgrade) -> dict[str, Any]:
         return session.run(started, deadline, generation, action.timeout)
     finally:
         channel.close()
-        session.close()
 
 
 @dataclass
@@ -147,7 +146,9 @@ class _Session:
         self.records: OutgoingRecords | None = None
 
     def close(self) -> None:
-        """Release what the session made for the successor (it holds its own copies of the fds)."""
+        """Release what the session made for the successor (it holds its own copies of the fds). Only after a
+        rollback: a VMM that handed its guest over exits soon, and an munmap now would send a TLB shootdown IPI
+        to the CPUs this process's vCPU threads ran on, where the guest's vCPUs now run in the successor."""
         if self.records is not None:
             self.records.close()
             self.records = None
@@ -302,6 +303,7 @@ class _Session:
         elif self.console_stopped:
             self.machine.console.start()
         self.ownership.close()
+        self.close()
         gc.enable()
         self.vmm.api.start()
         registry.discard_staged(self.machine.config.name, self.process.pid)  # if it staged its record and died

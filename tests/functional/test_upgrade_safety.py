@@ -243,6 +243,7 @@ def test_fault_during_upgrade(case: Case, faulty_vm: Callable[[str], GuestVm], g
         assert re.search(case.reason, error), f"the reason does not say what happened ({case.reason!r}): {error}"
         assert vmm_pids(vm) == [old_pid], "the old VMM must be the only one left"
         assert_no_staged_record(vm)  # what the dead or refused successor staged, the old VMM removed
+        assert_no_vcpu_records(old_pid)  # nor does it keep what it made for that successor
         seen = assert_continues(vm, before)
         # The same VMM, the same environment: the retry succeeds only because the fault fired once (the old VMM
         # forgot its own fault once used, and its successor's when it started that successor: faults.consume).
@@ -289,6 +290,19 @@ def test_fault_during_upgrade(case: Case, faulty_vm: Callable[[str], GuestVm], g
 
     else:
         raise AssertionError(f"unhandled outcome {outcome}")
+
+
+def assert_no_vcpu_records(pid: int) -> None:
+    """A VMM that rolled back released the vCPU records' memfd (kvm/lane.py): neither mapped nor open."""
+    name = "hotswap-vcpu-records"
+    assert name not in Path(f"/proc/{pid}/maps").read_text(), "the vCPU records are still mapped"
+    links = []
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        try:
+            links.append(os.readlink(fd))
+        except OSError:
+            continue  # closed meanwhile
+    assert not [link for link in links if name in link], "the vCPU records' memfd is still open"
 
 
 def check_sender_hang(vm: GuestVm, case: Case, old_pid: int, before: list[Status]) -> None:
