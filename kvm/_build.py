@@ -284,7 +284,6 @@ struct hs_park {
     struct hs_lane *lane;
 };
 int hs_park(struct hs_park *park);
-int hs_spin_readable(int fd, long long max_ns);
 int hs_open_and_wait(int gate_fd, int counter_fd, int count, int timeout_ms);
 
 /* A UART's transmitter served in C (kvm/byte_queue.py): while `open`, 1-byte MMIO writes to base + data_offset

@@ -53,13 +53,11 @@ from hotswap.wire.hello import Hello
 from hotswap.wire.messages import ErrorCode, MessageType
 from hotswap.wire.receiver import Receiver
 from kvm import KvmError
-from kvm._ffi import lib
 from kvm.lane import LaneLayout, LaneRecordError, LaneRegion
 
 CONFIG_TIMEOUT = 60.0  # the old VMM sends CONFIG right after our HELLO (before we know its --timeout)
 DEFAULT_STEP_TIMEOUT = 30.0  # for STATE (and COMMIT) when the old VMM does not say (protocol 1)
 OLD_EXIT_GRACE = 5.0
-STATE_SPIN_NS = 3_000_000  # how long the successor polls for STATE once the vCPU records are out (_await_records)
 
 
 _CONFIG_V2 = frozenset(
@@ -157,8 +155,7 @@ class _Successor:
                 if vcpus_part is None:
                     return exitcodes.ERROR
                 fault_point("successor", self.generation, "after_vcpus")
-            waited = self._await_records() if self.receiver.lane else 0.0
-            state_message = wire.recv(max(0.001, self.step_timeout - waited))
+            state_message = wire.recv(self.step_timeout)
             state_received = now_ns()
         except ProtocolError as exc:
             self._refuse(ErrorCode.PROTOCOL, str(exc))  # the stream may still be in step: say why we stop
@@ -231,10 +228,8 @@ class _Successor:
             state_format = get_field(described, "format", int, "lane")
         except ValueError as exc:
             raise StateSchemaError(f"CONFIG 'lane': {exc}") from None
-        if len(fds) != 2 + len(layouts):
-            raise StateSchemaError(
-                f"CONFIG 'lane': {len(fds)} fds for {len(layouts)} vCPUs (a memfd, an eventfd each, one for all)"
-            )
+        if len(fds) != 1 + len(layouts):
+            raise StateSchemaError(f"CONFIG 'lane': {len(fds)} fds for {len(layouts)} vCPUs (a memfd, an eventfd each)")
         return state_format, layouts
 
     def _accept_records(self, state_format: int, layouts: list[LaneLayout], fds: list[int]) -> str | None:
@@ -248,31 +243,15 @@ class _Successor:
             reason = f"state format {state_format}, this build writes {FORMATS.current}"
         else:
             try:
-                result = self.machine.accept_lane(layouts, fds[0], fds[1:-1])
+                result = self.machine.accept_lane(layouts, fds[0], fds[1:])
             except (KvmError, OSError) as exc:
                 result = f"cannot map the records: {exc}"
             if isinstance(result, str):
                 reason = result
             else:
-                self.records, self.record_fds = result, fds[1:]  # the last: "all written", for the main thread
+                self.records, self.record_fds = result, fds[1:]
         _close_all(fds[:1] if reason is None else fds)  # accept_lane mapped its own duplicate of the memfd
         return reason
-
-    def _await_records(self) -> float:
-        """Protocol 5 with records: sleep until the old VMM says its records are out (or a message comes), then,
-        on a CPU apart from the vCPUs', poll for STATE without sleeping (the old VMM sends it after capturing the
-        rest, 0.1-0.2 ms later): the wake-up across CPUs happens while it captures, not after STATE. Returns how
-        long it waited (s)."""
-        assert self.machine is not None
-        started = time.monotonic()
-        channel, written = self.channel.fileno(), self.record_fds[-1]
-        waiting = select.poll()
-        waiting.register(channel, select.POLLIN)
-        waiting.register(written, select.POLLIN)
-        ready = {fd for fd, _events in waiting.poll(int(self.step_timeout * 1000))}
-        if written in ready and channel not in ready and self.machine.vcpus_apart:
-            lib.hs_spin_readable(channel, STATE_SPIN_NS)
-        return time.monotonic() - started
 
     def _close_records(self) -> None:
         if self.records is not None:

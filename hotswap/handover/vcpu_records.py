@@ -1,6 +1,5 @@
-"""Protocol 5's vCPU state records (kvm/lane.py), the old VMM's side: the shared memfd, one eventfd per vCPU and
-one for the successor's main thread, offered in CONFIG before the pause, and the writers the window runs once the
-successor accepted them."""
+"""Protocol 5's vCPU state records (kvm/lane.py), the old VMM's side: the shared memfd and one eventfd per vCPU,
+offered in CONFIG before the pause, and the writers the window runs once the successor accepted them."""
 
 from __future__ import annotations
 
@@ -20,14 +19,11 @@ class OutgoingRecords:
         self._offsets, size = slot_offsets(self.layouts)
         self.region = LaneRegion.create(size)
         self.notify = [os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK) for _ in self.layouts]
-        # Signalled once every record is out: wakes the successor's main thread while we capture the rest, so that
-        # its wake-up (an IPI to another CPU here: ~0.1 ms) is not paid after STATE.
-        self.written = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
         self._writers: list[LaneWriter] = []
 
     def fds(self) -> list[int]:
-        """CONFIG's "lane" fds: the memfd, each vCPU's eventfd, then the "all written" eventfd."""
-        return [self.region.fd, *self.notify, self.written]
+        """CONFIG's "lane" fds: the memfd, then each vCPU's eventfd."""
+        return [self.region.fd, *self.notify]
 
     def config(self) -> list[dict[str, Any]]:
         """CONFIG's "lane": each vCPU's record layout."""
@@ -49,12 +45,11 @@ class OutgoingRecords:
         (safety tests) damages vCPU 0's record. Returns the bytes written."""
         for index, writer in enumerate(self._writers):
             writer.send(fault if index == 0 else None)
-        os.eventfd_write(self.written, 1)
         return sum(HEADER_BYTES + layout.payload_bytes for layout in self.layouts)
 
     def close(self) -> None:
         self._writers = []
         self.region.close()
-        for fd in (*self.notify, self.written):
+        for fd in self.notify:
             os.close(fd)
         self.notify = []
