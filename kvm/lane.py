@@ -229,7 +229,6 @@ class LaneReader:
     def __init__(self, vcpu: Vcpu, region: LaneRegion, offset: int, layout: LaneLayout, notify_fd: int,
                  generation: int) -> None:  # fmt: skip
         self.vcpu = vcpu
-        self.notify_fd = notify_fd
         indices = layout.msr_indices
         deadline_last = bool(indices) and indices[-1] == MSR_IA32_TSC_DEADLINE
         others = len(indices) - 1 if deadline_last else len(indices)
@@ -264,10 +263,6 @@ class LaneReader:
     def began_ns(self) -> int:
         """CLOCK_MONOTONIC ns when the parked thread started taking the record."""
         return int(self._lane.began_ns)
-
-    @property
-    def taken(self) -> bool:
-        return int(self._lane.status) >= 0
 
     def check(self) -> int:
         """After the parked thread took the record: how long check and restore took (us), or the error."""
