@@ -11,6 +11,32 @@ import pathlib
 
 from cffi import FFI
 
+# Structs C and Python both use, declared once for the cdef and the C source alike (cffi needs both).
+SHARED_STRUCTS = r"""
+struct hs_ioctl_step { unsigned long request; void *arg; int expect; };
+/* A vCPU's state record in memory shared by the old VMM and its successor (kvm/lane.py). */
+struct hs_lane_piece { void *buf; uint32_t size; };
+struct hs_lane {
+    uint8_t *slot; uint32_t capacity;
+    uint32_t layout; uint32_t vcpu_id; uint64_t generation;
+    int notify_fd; int batch_fd;
+    int count; struct hs_lane_piece pieces[16];
+    const struct hs_ioctl_step *steps; int steps_count;
+    const struct hs_ioctl_step *armed; int armed_count;
+    int deadline_piece;
+    int fault;
+    int status; int done; int rc; uint32_t found; uint32_t expected;
+    long long began_ns; long long ran_ns;
+};
+struct hs_park {
+    int gate_fd; int wake_fd; int done_fd; int batch_fd;
+    const struct hs_ioctl_step *steps; int count;
+    int done; int rc;
+    long long spin_ns; long long ran_ns;
+    struct hs_lane *lane;
+};
+"""
+
 CDEF = r"""
 /* ---- ioctl numbers and constants, all resolved by the compiler from <linux/kvm.h> ---- */
 #define KVM_GET_API_VERSION ...
@@ -234,8 +260,7 @@ struct kvm_run {
     ...;
 };
 
-/* ---- helpers implemented in C below ---- */
-struct hs_ioctl_step { unsigned long request; void *arg; int expect; };
+/* ---- helpers implemented in C below (their structs: SHARED_STRUCTS) ---- */
 int hs_ioctl_batch(int fd, const struct hs_ioctl_step *steps, int count, int *rc);
 int hs_ioctl_ptr(int fd, unsigned long request, void *arg);
 int hs_ioctl_int(int fd, unsigned long request, unsigned long arg);
@@ -244,20 +269,6 @@ int hs_munmap(void *addr, size_t length);
 int hs_madvise(void *addr, size_t length, int advice);
 int hs_install_kick_handler(int signo);
 size_t hs_run_union_offset(void);
-/* A vCPU's state record in memory shared by the old VMM and its successor (kvm/lane.py). */
-struct hs_lane_piece { void *buf; uint32_t size; };
-struct hs_lane {
-    uint8_t *slot; uint32_t capacity;
-    uint32_t layout; uint32_t vcpu_id; uint64_t generation;
-    int notify_fd; int batch_fd;
-    int count; struct hs_lane_piece pieces[16];
-    const struct hs_ioctl_step *steps; int steps_count;
-    const struct hs_ioctl_step *armed; int armed_count;
-    int deadline_piece;
-    int fault;
-    int status; int done; int rc; uint32_t found; uint32_t expected;
-    long long began_ns; long long ran_ns;
-};
 #define HS_LANE_HEADER_BYTES ...
 #define HS_LANE_MAX_PIECES ...
 #define HS_LANE_OK ...
@@ -276,13 +287,6 @@ int hs_lane_send(struct hs_lane *lane);
 int hs_lane_take(struct hs_lane *lane);
 uint64_t hs_lane_checksum(const uint8_t *data, size_t size);
 
-struct hs_park {
-    int gate_fd; int wake_fd; int done_fd; int batch_fd;
-    const struct hs_ioctl_step *steps; int count;
-    int done; int rc;
-    long long spin_ns; long long ran_ns;
-    struct hs_lane *lane;
-};
 int hs_park(struct hs_park *park);
 int hs_open_and_wait(int gate_fd, int counter_fd, int count, int timeout_ms);
 
@@ -337,6 +341,8 @@ SOURCE = r"""
 #include <sys/mman.h>
 #include <linux/kvm.h>
 
+/* SHARED_STRUCTS */
+
 /* Views with the same layout as kvm_run's exit-union members. */
 struct hs_exit_io { uint8_t direction; uint8_t size; uint16_t port; uint32_t count; uint64_t data_offset; };
 struct hs_exit_mmio { uint64_t phys_addr; uint8_t data[8]; uint32_t len; uint8_t is_write; };
@@ -370,28 +376,8 @@ static int hs_ioctl_ptr(int fd, unsigned long request, void *arg) {
    few us of Python in the pause window otherwise). Stops at the first step that fails or returns other than
    `expect` (-1: any non-negative value); returns that step's index, or `count` when all ran, with the step's
    return value (-errno on failure) in *rc. */
-struct hs_ioctl_step { unsigned long request; void *arg; int expect; };
-struct hs_lane_piece { void *buf; uint32_t size; };
 #define HS_LANE_MAX_PIECES 16
-struct hs_lane {
-    uint8_t *slot; uint32_t capacity;
-    uint32_t layout; uint32_t vcpu_id; uint64_t generation;
-    int notify_fd; int batch_fd;
-    int count; struct hs_lane_piece pieces[HS_LANE_MAX_PIECES];
-    const struct hs_ioctl_step *steps; int steps_count;
-    const struct hs_ioctl_step *armed; int armed_count;
-    int deadline_piece;
-    int fault;
-    int status; int done; int rc; uint32_t found; uint32_t expected;
-    long long began_ns; long long ran_ns;
-};
-struct hs_park {
-    int gate_fd; int wake_fd; int done_fd; int batch_fd;
-    const struct hs_ioctl_step *steps; int count;
-    int done; int rc;
-    long long spin_ns; long long ran_ns;
-    struct hs_lane *lane;
-};
+_Static_assert(sizeof(((struct hs_lane *)0)->pieces) == HS_LANE_MAX_PIECES * sizeof(struct hs_lane_piece), "pieces");
 static int hs_ioctl_batch(int fd, const struct hs_ioctl_step *steps, int count, int *rc) {
     for (int i = 0; i < count; i++) {
         int r = ioctl(fd, steps[i].request, steps[i].arg);
@@ -624,6 +610,14 @@ static int hs_open_and_wait(int gate_fd, int counter_fd, int count, int timeout_
    batch posted to it (steps != NULL when wake_fd is signalled) runs here: its result goes to done/rc and its
    duration to ran_ns, then done_fd is signalled and, with spin_ns, the gate is polled without sleeping for that
    long before the thread sleeps again. */
+/* Posted work done: signal done_fd, then, with spin_ns, poll the gate that long without sleeping. 1: the gate
+   opened meanwhile, 0: go on parking, -errno: the signal failed. */
+static int hs_park_report(struct hs_park *park) {
+    uint64_t one = 1;
+    if (write(park->done_fd, &one, sizeof one) < 0) return -errno;
+    return park->spin_ns > 0 && hs_spin_readable(park->gate_fd, park->spin_ns) == 1 ? 1 : 0;
+}
+
 static int hs_park(struct hs_park *park) {
     struct pollfd want[3] = { { .fd = park->gate_fd, .events = POLLIN }, { .fd = park->wake_fd, .events = POLLIN },
                               { .fd = -1, .events = POLLIN } };
@@ -640,9 +634,8 @@ static int hs_park(struct hs_park *park) {
             if (read(park->lane->notify_fd, &count, sizeof count) < 0 && errno != EAGAIN) return -errno;
             hs_lane_take(park->lane);
             park->lane = NULL;
-            count = 1;
-            if (write(park->done_fd, &count, sizeof count) < 0) return -errno;
-            if (park->spin_ns > 0 && hs_spin_readable(park->gate_fd, park->spin_ns) == 1) return 1;
+            int opened = hs_park_report(park);
+            if (opened != 0) return opened;
             continue;
         }
         if (!(want[1].revents & POLLIN)) continue;
@@ -654,9 +647,8 @@ static int hs_park(struct hs_park *park) {
         clock_gettime(CLOCK_MONOTONIC, &end);
         park->ran_ns = hs_ns_between(&start, &end);
         park->steps = NULL;
-        count = 1;
-        if (write(park->done_fd, &count, sizeof count) < 0) return -errno;
-        if (park->spin_ns > 0 && hs_spin_readable(park->gate_fd, park->spin_ns) == 1) return 1;
+        int opened = hs_park_report(park);
+        if (opened != 0) return opened;
     }
 }
 
@@ -754,8 +746,8 @@ static uint32_t hs_byte_queue_count(struct hs_byte_queue *q) {
 """
 
 ffibuilder = FFI()
-ffibuilder.cdef(CDEF)
-ffibuilder.set_source("kvm._kvm_cffi", SOURCE)
+ffibuilder.cdef(SHARED_STRUCTS + CDEF)
+ffibuilder.set_source("kvm._kvm_cffi", SOURCE.replace("/* SHARED_STRUCTS */", SHARED_STRUCTS, 1))
 
 
 def build_in_place() -> None:

@@ -237,11 +237,7 @@ class VcpuThread:
     def wait_posted(self, timeout: float) -> int:
         """Wait for the posted batch; returns how long it ran (us), or raises KvmError naming the step KVM
         refused."""
-        done = select.poll()
-        done.register(self._done_fd, select.POLLIN)
-        if not done.poll(int(timeout * 1000)):
-            raise HotswapError(f"vCPU {self.index}: the batch posted to its thread did not finish within {timeout} s")
-        drain(self._done_fd)
+        self._wait_done(timeout, "the batch posted to its thread did not finish")
         assert self._posted_batch is not None, "wait_posted() without post_batch()"
         self._posted_batch.check(self._park_ctl.done, self._park_ctl.rc)
         return int(self._park_ctl.ran_ns) // 1000
@@ -263,12 +259,16 @@ class VcpuThread:
         raises (LaneRecordError: the record was refused, nothing written into the vCPU; KvmError: KVM refused a
         step of the restore)."""
         assert self._lane is not None, "wait_lane() without attach_lane()"
+        self._wait_done(timeout, "its state record was not taken")
+        return self._lane.check()
+
+    def _wait_done(self, timeout: float, failure: str) -> None:
+        """Wait for the parked thread to signal its posted work (a batch or a record) done, or raise `failure`."""
         done = select.poll()
         done.register(self._done_fd, select.POLLIN)
         if not done.poll(int(timeout * 1000)):
-            raise HotswapError(f"vCPU {self.index}: its state record was not taken within {timeout} s")
+            raise HotswapError(f"vCPU {self.index}: {failure} within {timeout} s")
         drain(self._done_fd)
-        return self._lane.check()
 
     @property
     def lane_began_ns(self) -> int:

@@ -30,14 +30,24 @@ def vm(run_dir: Path) -> Iterator[GuestVm]:
         machine.kill()
 
 
-@pytest.fixture
-def platform() -> Iterator[Platform]:
-    """A bare KVM platform (VM, 16 MiB of RAM, one vCPU that never runs), for state capture and restore."""
+def _bare_platform() -> Iterator[Platform]:
     built = build_platform(1, [RegionSpec(0, 16 << 20)])
     try:
         yield built
     finally:
         built.close()
+
+
+@pytest.fixture
+def platform() -> Iterator[Platform]:
+    """A bare KVM platform (VM, 16 MiB of RAM, one vCPU that never runs), for state capture and restore."""
+    yield from _bare_platform()
+
+
+@pytest.fixture
+def second_platform() -> Iterator[Platform]:
+    """Another one, for a state that goes from one VM to another (as from an old VMM to its successor)."""
+    yield from _bare_platform()
 
 
 @pytest.fixture

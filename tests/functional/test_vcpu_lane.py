@@ -7,14 +7,14 @@ from __future__ import annotations
 import os
 import struct
 from collections.abc import Iterator
+from typing import NamedTuple
 
 import pytest
 
-from hotswap.machine.platform import Platform, build_platform
+from hotswap.machine.platform import Platform
 from kvm import KvmError, vcpu_state
-from kvm._ffi import lib
+from kvm._ffi import ffi, lib
 from kvm.lane import HEADER_BYTES, LaneLayout, LaneReader, LaneRecordError, LaneRegion, LaneWriter, layout_of
-from kvm.memory import RegionSpec
 from kvm.vcpu_state import MSR_IA32_TSC_DEADLINE, VcpuState
 
 pytestmark = pytest.mark.kvm
@@ -22,27 +22,25 @@ pytestmark = pytest.mark.kvm
 GENERATION = 7
 
 
-@pytest.fixture
-def target() -> Iterator[Platform]:
-    """A second bare platform: the successor's fresh vCPU."""
-    built = build_platform(1, [RegionSpec(0, 16 << 20)])
-    try:
-        yield built
-    finally:
-        built.close()
+class Lane(NamedTuple):
+    writer: LaneWriter
+    reader: LaneReader
+    region: LaneRegion  # the writer's mapping
+    notify: int
 
 
 @pytest.fixture
-def lane(platform: Platform, target: Platform) -> Iterator[tuple[LaneWriter, LaneReader, LaneRegion, int]]:
-    source, fresh = platform.vcpus[0], target.vcpus[0]
+def lane(platform: Platform, second_platform: Platform) -> Iterator[Lane]:
+    """platform's vCPU writes, second_platform's fresh vCPU takes (each side with its own mapping of the memfd)."""
+    source, fresh = platform.vcpus[0], second_platform.vcpus[0]
     layout = layout_of(source)
     assert layout_of(fresh).mismatch(layout) is None
     region = LaneRegion.create(layout.slot_bytes)
     peer = LaneRegion.adopt(os.dup(region.fd), layout.slot_bytes)
     notify = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
     try:
-        yield (LaneWriter(source, region, 0, layout, notify, GENERATION),
-               LaneReader(fresh, peer, 0, layout, notify, GENERATION), region, notify)  # fmt: skip
+        yield Lane(LaneWriter(source, region, 0, layout, notify, GENERATION),
+                   LaneReader(fresh, peer, 0, layout, notify, GENERATION), region, notify)  # fmt: skip
     finally:
         os.close(notify)
         peer.close()
@@ -65,9 +63,9 @@ def _distinct(state: VcpuState) -> VcpuState:
     return VcpuState(**changed)  # type: ignore[arg-type]
 
 
-def test_a_record_restores_the_vcpu_byte_for_byte(platform: Platform, target: Platform, lane) -> None:  # type: ignore[no-untyped-def]
-    writer, reader, _region, notify = lane
-    source, fresh = platform.vcpus[0], target.vcpus[0]
+def test_a_record_restores_the_vcpu_byte_for_byte(platform: Platform, second_platform: Platform, lane: Lane) -> None:
+    writer, reader, notify = lane.writer, lane.reader, lane.notify
+    source, fresh = platform.vcpus[0], second_platform.vcpus[0]
     vcpu_state.restore(source, _distinct(vcpu_state.capture(source)))
     sent = vcpu_state.capture(source)
     writer.send()
@@ -92,11 +90,11 @@ def test_a_record_restores_the_vcpu_byte_for_byte(platform: Platform, target: Pl
         ("badversion", "layout", r"vCPU 0's state record: format version 99 is not supported \(this build reads 1\)"),
     ],
 )
-def test_a_damaged_record_is_refused_before_any_ioctl(  # type: ignore[no-untyped-def]
-    target: Platform, lane, fault: str, kind: str, message: str
+def test_a_damaged_record_is_refused_before_any_ioctl(
+    second_platform: Platform, lane: Lane, fault: str, kind: str, message: str
 ) -> None:
-    writer, reader, _region, _notify = lane
-    fresh = target.vcpus[0]
+    writer, reader = lane.writer, lane.reader
+    fresh = second_platform.vcpus[0]
     before = vcpu_state.capture(fresh)
     writer.send(fault=fault)
     lib.hs_lane_take(reader.c)
@@ -106,23 +104,23 @@ def test_a_damaged_record_is_refused_before_any_ioctl(  # type: ignore[no-untype
     assert vcpu_state.capture(fresh) == before, "a refused record must not have changed the vCPU"
 
 
-def test_a_record_of_another_generation_or_vcpu_is_refused(target: Platform, lane) -> None:  # type: ignore[no-untyped-def]
-    writer, reader, region, _notify = lane
+def test_a_record_of_another_generation_or_vcpu_is_refused(lane: Lane) -> None:
+    writer, reader = lane.writer, lane.reader
+    header = ffi.buffer(lane.region.slot(0), HEADER_BYTES)
     writer.send()
-    header = region.slot(0)
-    struct.pack_into("<Q", _buffer(header), 16, GENERATION + 1)  # the generation field
+    struct.pack_into("<Q", header, 16, GENERATION + 1)  # the generation field
     lib.hs_lane_take(reader.c)
     with pytest.raises(LaneRecordError, match=r"generation 8, expected 7"):
         reader.check()
     writer.send()
-    struct.pack_into("<I", _buffer(header), 12, 3)  # the vCPU id field
+    struct.pack_into("<I", header, 12, 3)  # the vCPU id field
     lib.hs_lane_take(reader.c)
     with pytest.raises(LaneRecordError, match=r"the record is vCPU 3's"):
         reader.check()
 
 
-def test_no_record_and_a_taken_record_are_not_taken_again(lane) -> None:  # type: ignore[no-untyped-def]
-    writer, reader, _region, _notify = lane
+def test_no_record_and_a_taken_record_are_not_taken_again(lane: Lane) -> None:
+    writer, reader = lane.writer, lane.reader
     lib.hs_lane_take(reader.c)
     with pytest.raises(LaneRecordError, match="holds no record"):
         reader.check()
@@ -134,10 +132,10 @@ def test_no_record_and_a_taken_record_are_not_taken_again(lane) -> None:  # type
         reader.check()
 
 
-def test_a_capture_refused_by_kvm_is_named(platform: Platform, lane) -> None:  # type: ignore[no-untyped-def]
-    _writer, _reader, region, notify = lane
-    platform.vcpus[0].set_msr_indices([*platform.vcpus[0].msr_indices[:-1], 0xDEAD_0000])  # unreadable MSR
-    broken = LaneWriter(platform.vcpus[0], region, 0, layout_of(platform.vcpus[0]), notify, GENERATION)
+def test_a_capture_refused_by_kvm_is_named(platform: Platform, lane: Lane) -> None:
+    vcpu = platform.vcpus[0]
+    vcpu.set_msr_indices([*vcpu.msr_indices[:-1], 0xDEAD_0000])  # an MSR KVM cannot read
+    broken = LaneWriter(vcpu, lane.region, 0, layout_of(vcpu), lane.notify, GENERATION)
     with pytest.raises(KvmError, match=r"KVM_GET_MSRS"):
         broken.send()
 
@@ -154,9 +152,3 @@ def test_layouts_must_agree() -> None:
         with pytest.raises(ValueError, match="layout"):
             LaneLayout.from_dict(bad)
     assert ours.slot_bytes == 4096 and HEADER_BYTES == 64
-
-
-def _buffer(pointer):  # type: ignore[no-untyped-def]
-    from kvm._ffi import ffi
-
-    return ffi.buffer(pointer, HEADER_BYTES)
