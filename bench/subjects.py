@@ -8,16 +8,22 @@ began on CLOCK_MONOTONIC (to find the status lines that carry it).
 
 from __future__ import annotations
 
+import json
+import socket
+import subprocess
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import IO, Any, Protocol
+
+from framework.procs import kill_pids
 
 from bench.console import ConsoleTap
 from bench.gaps import OFFSET_LINES, Window, operation_window, realtime_to_monotonic_ns
 from bench.guest import boot_tsc_khz
 from bench.hotswap_vm import HotswapVm
-from bench.placement import Placement
+from bench.placement import Placement, cpu_list
 from bench.qemu import Fleet, QemuSpec, QemuVm, migrate, start_destination
 from bench.qmp import QmpError
 from bench.report import BenchError
@@ -138,6 +144,123 @@ class HotswapSubject:
             self.tap.close()
         finally:
             self.vm.kill()
+
+
+# -- the floor: hotswap's machine code in one process (bench/floor_vmm.py) ---------------------------------------
+FLOOR_OPERATIONS = {"move": "floor: in-process move", "pause-resume": "floor: pause+resume"}
+
+
+class FloorSubject:
+    """The test guest in a `bench.floor_vmm` process; each operation is its `move` or its `pause-resume`."""
+
+    def __init__(
+        self,
+        run_dir: Path,
+        kernel: Path,
+        cmdline: str,
+        cpus: int,
+        mem_mib: int,
+        operation: str,
+        placement: Placement | None = None,
+    ) -> None:
+        self.name = FLOOR_OPERATIONS[operation]
+        self.operation = operation
+        self.tap = ConsoleTap()
+        self.tsc_khz = 0
+        self._socket = run_dir / f"floor-{operation}.console"
+        self._log = run_dir / f"floor-{operation}.log"
+        self._argv = [
+            sys.executable, "-m", "bench.floor_vmm", "--kernel", str(kernel), "--cmdline", cmdline,
+            "--cpus", str(cpus), "--mem-mib", str(mem_mib), "--console-socket", str(self._socket),
+            "--console-log", str(run_dir / f"floor-{operation}.console.log"),
+        ]  # fmt: skip
+        if placement is not None:
+            self._argv += ["--vcpu-cpus", cpu_list(placement.vcpu_cpus), "--vmm-cpus", cpu_list(placement.vmm_cpus)]
+        self.process: subprocess.Popen[str] | None = None
+        self._stderr: IO[str] | None = None
+
+    def _ask(self, command: str) -> dict[str, Any]:
+        process = self.process
+        if process is None or process.stdin is None or process.stdout is None:
+            raise BenchError(f"{self.name}: not booted")
+        try:
+            process.stdin.write(command + "\n")
+            process.stdin.flush()
+        except OSError as exc:
+            raise BenchError(f"{self.name}: {command}: the VMM is gone ({exc}); {self._stderr_tail()}") from exc
+        return self._answer(command)
+
+    def _answer(self, command: str) -> dict[str, Any]:
+        assert self.process is not None and self.process.stdout is not None
+        line = self.process.stdout.readline()
+        if not line:
+            raise BenchError(f"{self.name}: {command}: no answer, the VMM ended; {self._stderr_tail()}")
+        answer: dict[str, Any] = json.loads(line)
+        if "error" in answer:
+            raise BenchError(f"{self.name}: {answer['error']}")
+        return answer
+
+    def _stderr_tail(self) -> str:
+        try:
+            return self._log.read_text(errors="replace")[-2000:]
+        except OSError:
+            return "(no log)"
+
+    def boot(self) -> None:
+        self._stderr = self._log.open("w")
+        self.process = subprocess.Popen(
+            self._argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._stderr, text=True
+        )
+        self._answer("start")
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.connect(str(self._socket))
+        except OSError as exc:
+            sock.close()
+            raise BenchError(f"{self.name}: connecting to the console {self._socket}: {exc}") from exc
+        self.tap.attach_socket(sock, self.name)
+        self.tsc_khz = boot_tsc_khz(self.tap.wait_line("hsg: boot ", BOOT_TIMEOUT)[1])
+        self.tap.wait_statuses(0, SETTLE_AFTER_RESUME, BOOT_TIMEOUT)
+
+    def operate(self) -> Operation:
+        before = self.tap.last_seq()
+        started = time.monotonic()
+        try:
+            answer = self._ask(self.operation)
+        except BenchError as exc:
+            window = operation_window(before, self.tap.last_seq())
+            return Operation(False, window, time.monotonic() - started, None, None, None, None, None, error=str(exc))
+        return Operation(
+            ok=True,
+            window=operation_window(before, self.tap.last_seq()),
+            command_s=time.monotonic() - started,
+            downtime_ms=int(answer["downtime_us"]) / 1000,
+            stop_to_resume_ms=None,
+            total_time_ms=None,
+            copied_bytes=0,
+            pause_start_ns=int(answer["pause_start_ns"]),
+            phases_us={k: int(v) for k, v in answer.get("detail_us", {}).items()},
+        )
+
+    def pause(self) -> None:
+        self._ask("pause")
+
+    def resume(self) -> int:
+        self._ask("resume")
+        return settle(self.tap)
+
+    def close(self) -> None:
+        try:
+            self.tap.close()
+        finally:
+            if self.process is not None:
+                kill_pids([self.process.pid])
+                self.process.wait()
+                for pipe in (self.process.stdin, self.process.stdout):
+                    if pipe is not None:
+                        pipe.close()
+            if self._stderr is not None:
+                self._stderr.close()
 
 
 # -- QEMU ----------------------------------------------------------------------------------------------------------

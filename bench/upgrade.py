@@ -28,7 +28,7 @@ from bench.placement import Placement, pinned_placement
 from bench.qemu import Fleet, QemuSpec, qemu_version, shm_path
 from bench.report import BenchError, add_record_options, emit, pick_subset
 from bench.snapshot import add_option, run_measure
-from bench.subjects import HotswapSubject, Operation, QemuSubject, Subject
+from bench.subjects import FLOOR_OPERATIONS, FloorSubject, HotswapSubject, Operation, QemuSubject, Subject
 from bench.upgrade_analysis import SIZES, STATUS_MS, Figures, Run, Size, figures, tables, verdicts
 
 MAX_FAILURES_IN_A_ROW = 3
@@ -61,6 +61,10 @@ def make_subjects(
             shm = shm_path(size.key) if shared else None
             spec = QemuSpec(kernel, qemu_cmdline, size.mem_mib, size.cpus, shm, placement)
             subjects.append(QemuSubject(fleet, spec, timeout=args.migration_timeout))
+    if args.floor:
+        floor_cmdline = cmdline(uart=args.hotswap_uart, ws=size.ws, status_ms=STATUS_MS)
+        for operation in FLOOR_OPERATIONS:
+            subjects.append(FloorSubject(workdir, kernel, floor_cmdline, size.cpus, size.mem_mib, operation, placement))
     return subjects
 
 
@@ -153,6 +157,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--pin",
         action="store_true",
         help="vCPU threads on CPUs of their own, everything else on the others, both VMMs (bench/placement.py)",
+    )
+    parser.add_argument(
+        "--floor",
+        action="store_true",
+        help="also the floor under an upgrade's pause on this host (bench/floor_vmm.py): the guest moved to a fresh "
+        "VM inside one process with hotswap's machine code, and a bare pause+resume",
     )
     parser.add_argument("--hotswap-uart", choices=["mmio", "port"], default="mmio", help="hotswap guest's UART (mmio)")
     parser.add_argument(

@@ -10,7 +10,7 @@ from framework.procs import alive
 from bench import boot, gaps
 from bench.guest import cmdline, guest_image
 from bench.qemu import Fleet, QemuSpec, shm_path
-from bench.subjects import HotswapSubject, QemuSubject
+from bench.subjects import FLOOR_OPERATIONS, FloorSubject, HotswapSubject, QemuSubject
 
 
 @pytest.fixture(scope="module")
@@ -39,6 +39,39 @@ def test_hotswap_upgrade_is_measured_and_every_process_is_killed(kernel: Path, t
     finally:
         subject.close()
     assert not any(alive(pid) for pid in pids)
+
+
+@pytest.mark.kvm
+@pytest.mark.parametrize("operation", list(FLOOR_OPERATIONS))
+def test_the_floor_vmm_moves_or_pauses_the_guest_and_is_killed(kernel: Path, tmp_path: Path, operation: str) -> None:
+    subject = FloorSubject(tmp_path, kernel, cmdline(uart="mmio"), 1, 128, operation)
+    try:
+        subject.boot()
+        assert subject.process is not None
+        pid = subject.process.pid
+        for _ in range(2):  # a second move tears the first one's VM down first
+            operation_done = subject.operate()
+            assert operation_done.ok, operation_done.error
+            assert operation_done.downtime_ms is not None and operation_done.downtime_ms > 0
+            assert operation_done.pause_start_ns is not None
+            after = subject.tap.wait_statuses(operation_done.window.last, 3, timeout=30)
+            assert [s.seq for s in after][:3] == list(
+                range(operation_done.window.last + 1, operation_done.window.last + 4)
+            )
+            assert all(s.integrity == "ok" for s in after)
+            carrying = gaps.pause_window(subject.tap.all_statuses(), operation_done.pause_start_ns)
+            assert len(carrying) == gaps.PAUSE_LINES
+            # The guest's own clock saw the pause: the gap it reports covers at least the downtime.
+            assert max(s.gap_us for s in carrying) >= operation_done.downtime_ms * 1000
+        if operation == "move":
+            assert {"vm_us", "devices_us", "vcpus_us", "prepare_us"} <= set(operation_done.phases_us)
+        subject.pause()
+        paused_at = subject.tap.last_seq()
+        subject.resume()
+        assert subject.tap.last_seq() > paused_at
+    finally:
+        subject.close()
+    assert not alive(pid)
 
 
 @pytest.mark.kvm
