@@ -1,7 +1,7 @@
 """`python -m bench.floor_vmm`: the test guest in one process built from hotswap's own machine code, for measuring
 the floor under a live upgrade's pause on this host (bench.upgrade `--floor`).
 
-Two operations, each answered with its downtime (first vCPU paused -> last vCPU back on its way into KVM_RUN, the
+Three operations, each answered with its downtime (first vCPU paused -> last vCPU back on its way into KVM_RUN, the
 definition `hotswap upgrade` reports):
 
     pause-resume   stop every vCPU and let it run again at once: nothing captured, nothing restored. The least a
@@ -12,12 +12,18 @@ definition `hotswap upgrade` reports):
                    the VM and devices captured and restored, and the fresh VM resumed, all on the thread of the
                    vCPU that stopped last. No successor process, no socket, no STATE encoding, no cold interpreter:
                    what is left is the KVM work and hotswap's warm Python around it.
+    move-bare      the same with only the KVM work inside the pause: the vCPU records (C) and the VM state's
+                   two ioctl batches (C, behind a thin Python call each), then the resume. The devices are
+                   restored into the fresh VM before the pause, from a state taken in a short pause of their own
+                   60 ms earlier (which holds only for a guest that leaves its UART's registers alone meanwhile,
+                   as the test guest does: this is a floor, not a handover), and the old VM's queued guest output
+                   is sent on after the pause.
 
 A `move`'s previous VM is torn down at the start of the next operation (before its pause; in an upgrade the old
 VMM's exit does it), so the teardown's IPIs do not fall on the status lines that carry the pause.
 
-Commands arrive on stdin, one per line (`pause`, `resume`, `pause-resume`, `move`, `quit`); each answer is one JSON
-line on stdout. The first line, once the guest runs, is `{"ready": true, "pid": N}`.
+Commands arrive on stdin, one per line (`pause`, `resume`, `pause-resume`, `move`, `move-bare`, `quit`); each
+answer is one JSON line on stdout. The first line, once the guest runs, is `{"ready": true, "pid": N}`.
 """
 
 from __future__ import annotations
@@ -27,14 +33,17 @@ import json
 import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from hotswap.config import MachineConfig
 from hotswap.handover.vcpu_records import OutgoingRecords
 from hotswap.machine.console import ConsoleFds
 from hotswap.machine.machine import Machine
+from kvm import vm_state
 from kvm.lane import LaneRegion
+
+DEVICES_AHEAD_S = 0.06  # move-bare: three status periods between the devices' own pause and the measured one
 
 
 def _dup_console(fds: ConsoleFds) -> ConsoleFds:
@@ -68,6 +77,12 @@ class FloorVmm:
 
     def move(self) -> dict[str, Any]:
         """The guest to a fresh VM in this process (the module's docstring says what it leaves out)."""
+        return self._move(bare=False)
+
+    def move_bare(self) -> dict[str, Any]:
+        return self._move(bare=True)
+
+    def _move(self, bare: bool) -> dict[str, Any]:
         self._tear_down_previous()
         current = self.machine
         # Before the pause, as a successor builds its machine from CONFIG.
@@ -90,6 +105,11 @@ class FloorVmm:
         history = current.console.history()
         mark = current.console.mark()
         current.console.stop_serving()
+        if bare:
+            current.pause()
+            fresh.devices.restore(current.devices.save(console_since=mark), history)
+            current.resume()
+            time.sleep(DEVICES_AHEAD_S)
         prepared_us = (time.perf_counter_ns() - built) // 1000
         resumed: list[int] = []
         detail: dict[str, int] = {}
@@ -103,7 +123,16 @@ class FloorVmm:
             detail.update(fresh.finish_lane_restore())
             resumed.append(fresh.resume())
 
-        window = current.pause(then=window_work)
+        def bare_window_work() -> None:
+            records.send_all()
+            vm_state.restore(fresh.platform.vm, vm_state.capture(current.platform.vm))
+            detail.update(fresh.finish_lane_restore())
+            resumed.append(fresh.resume())
+
+        work: Callable[[], None] = bare_window_work if bare else window_work
+        window = current.pause(then=work)
+        if bare:
+            current.devices.flush_output()
         fresh.devices.resume()
         current.abandon()
         self.machine = fresh
@@ -173,6 +202,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "resume": vmm.resume,
         "pause-resume": vmm.pause_resume,
         "move": vmm.move,
+        "move-bare": vmm.move_bare,
     }
     print(json.dumps({"ready": True, "pid": os.getpid()}), flush=True)
     try:

@@ -147,7 +147,11 @@ class HotswapSubject:
 
 
 # -- the floor: hotswap's machine code in one process (bench/floor_vmm.py) ---------------------------------------
-FLOOR_OPERATIONS = {"move": "floor: in-process move", "pause-resume": "floor: pause+resume"}
+FLOOR_OPERATIONS = {
+    "move": "floor: in-process move",
+    "move-bare": "floor: in-process move, ioctls only",
+    "pause-resume": "floor: pause+resume",
+}
 
 
 class FloorSubject:

@@ -12,6 +12,7 @@ from bench.report import Latency, Table, fmt, ratio
 from bench.subjects import FLOOR_OPERATIONS, Operation
 
 FLOOR_MOVE = FLOOR_OPERATIONS["move"]
+FLOOR_BARE = FLOOR_OPERATIONS["move-bare"]
 FLOOR_PAUSE = FLOOR_OPERATIONS["pause-resume"]
 
 STATUS_MS = 20
@@ -197,7 +198,7 @@ def _floor_notes(by: dict[tuple[str, str], Figures]) -> list[str]:
     """Where the floors measured in this run (--floor) put the 5x target against QEMU x-ignore-shared."""
     peer = by.get(("1cpu", "QEMU x-ignore-shared"))
     notes = []
-    for subject in (FLOOR_PAUSE, FLOOR_MOVE):
+    for subject in (FLOOR_PAUSE, FLOOR_BARE, FLOOR_MOVE):
         floor = by.get(("1cpu", subject))
         if not (floor and floor.pause_gap and floor.downtime):
             continue
