@@ -16,8 +16,8 @@ definition `hotswap upgrade` reports):
                    two ioctl batches (C, behind a thin Python call each), then the resume. The devices are
                    restored into the fresh VM before the pause, from a state taken in a short pause of their own
                    60 ms earlier (which holds only for a guest that leaves its UART's registers alone meanwhile,
-                   as the test guest does: this is a floor, not a handover), and the old VM's queued guest output
-                   is sent on after the pause.
+                   as the test guest does: this is a floor, not a handover); the only other work inside the
+                   pause is sending on the guest output the old VM's UART queue still holds (one write, if any).
 
 A `move`'s previous VM is torn down at the start of the next operation (before its pause; in an upgrade the old
 VMM's exit does it), so the teardown's IPIs do not fall on the status lines that carry the pause.
@@ -116,23 +116,33 @@ class FloorVmm:
 
         def window_work() -> None:
             """On the vCPU thread that stopped last, as the old VMM's window runs; then what the successor does."""
+            began = time.perf_counter_ns()
             current.devices.quiesce()
             records.send_all()
+            sent = time.perf_counter_ns()
             tree = {**current.capture_platform(console_since=mark), "vcpus": []}
+            captured = time.perf_counter_ns()
+            detail.update(records_us=(sent - began) // 1000, capture_us=(captured - sent) // 1000)
             detail.update(fresh.restore_platform(tree, console_prefix=history))
             detail.update(fresh.finish_lane_restore())
             resumed.append(fresh.resume())
 
         def bare_window_work() -> None:
+            began = time.perf_counter_ns()
             records.send_all()
+            sent = time.perf_counter_ns()
             vm_state.restore(fresh.platform.vm, vm_state.capture(current.platform.vm))
+            detail.update(records_us=(sent - began) // 1000, vm_us=(time.perf_counter_ns() - sent) // 1000)
+            # Guest output the old VM's UART queue and console buffer still hold goes out before the fresh VM can
+            # print more (the old VM's console is never served again: a line being printed at the pause lost its
+            # head).
+            current.devices.flush_output()
+            current.console.flush()
             detail.update(fresh.finish_lane_restore())
             resumed.append(fresh.resume())
 
         work: Callable[[], None] = bare_window_work if bare else window_work
         window = current.pause(then=work)
-        if bare:
-            current.devices.flush_output()
         fresh.devices.resume()
         current.abandon()
         self.machine = fresh

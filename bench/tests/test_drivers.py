@@ -9,6 +9,7 @@ from framework.procs import alive
 
 from bench import boot, gaps
 from bench.guest import cmdline, guest_image
+from bench.placement import pinned_placement
 from bench.qemu import Fleet, QemuSpec, shm_path
 from bench.subjects import FLOOR_OPERATIONS, FloorSubject, HotswapSubject, QemuSubject
 
@@ -44,12 +45,13 @@ def test_hotswap_upgrade_is_measured_and_every_process_is_killed(kernel: Path, t
 @pytest.mark.kvm
 @pytest.mark.parametrize("operation", list(FLOOR_OPERATIONS))
 def test_the_floor_vmm_moves_or_pauses_the_guest_and_is_killed(kernel: Path, tmp_path: Path, operation: str) -> None:
-    subject = FloorSubject(tmp_path, kernel, cmdline(uart="mmio"), 1, 128, operation)
+    # Pinned as bench.upgrade --pin runs it (on a 1-CPU machine: shared).
+    subject = FloorSubject(tmp_path, kernel, cmdline(uart="mmio"), 1, 128, operation, pinned_placement(1))
     try:
         subject.boot()
         assert subject.process is not None
         pid = subject.process.pid
-        for _ in range(2):  # a second move tears the first one's VM down first
+        for _ in range(5):  # each move after the first tears the one before down first
             operation_done = subject.operate()
             assert operation_done.ok, operation_done.error
             assert operation_done.downtime_ms is not None and operation_done.downtime_ms > 0
@@ -69,6 +71,7 @@ def test_the_floor_vmm_moves_or_pauses_the_guest_and_is_killed(kernel: Path, tmp
         paused_at = subject.tap.last_seq()
         subject.resume()
         assert subject.tap.last_seq() > paused_at
+        assert gaps.sequence_breaks(subject.tap.all_statuses()) == 0, "a status line was lost or broken"
     finally:
         subject.close()
     assert not alive(pid)

@@ -77,15 +77,19 @@ def test_tables_have_a_row_per_run() -> None:
 def test_the_floors_are_set_against_the_target_and_their_parts_get_a_table() -> None:
     runs = [
         run_of("hotswap", "1cpu", 0.8, 1200),
+        run_of("QEMU plain", "1cpu", 4.0, 5000),
         run_of("QEMU x-ignore-shared", "1cpu", 0.9, 3000),
         run_of("floor: pause+resume", "1cpu", 0.15, 300),
         run_of("floor: in-process move", "1cpu", 0.6, 900),
     ]
     results = [(run, figures(run)) for run in runs]
     notes = verdicts(results)
-    assert any(n.startswith("floor: pause+resume") and "needs 0.60 ms" in n and n.endswith("below it") for n in notes)
-    assert any(n.startswith("floor: in-process move") and "gap at the pause 0.90 ms" in n and "ABOVE" in n
-               for n in notes)  # fmt: skip
+    pause = next(n for n in notes if n.startswith("floor: pause+resume"))
+    assert "QEMU x-ignore-shared's gap (3.00 ms) needs 0.60 ms: the floor is below it" in pause
+    move = next(n for n in notes if n.startswith("floor: in-process move ("))
+    assert "gap at the pause 0.90 ms" in move
+    assert "QEMU plain's gap (5.00 ms) needs 1.00 ms: the floor is below it" in move
+    assert move.endswith("QEMU x-ignore-shared's gap (3.00 ms) needs 0.60 ms: the floor is ABOVE it")
     rendered = [t.render() for t in tables(results)]
     assert len(rendered) == 5
     assert rendered[-1].startswith("floor: in-process move: its parts") and "0.50 (0.50)" in rendered[-1]
