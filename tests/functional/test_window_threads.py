@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import struct
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -105,6 +106,23 @@ def test_a_posted_restore_batch_runs_on_the_parked_vcpu_thread(parked: Machine) 
     assert struct.unpack_from("<Q", vcpu_state.capture(vcpu).regs)[0] == 0xFEED_F00D
 
 
+DEBUGFS = Path("/sys/kernel/debug")
+
+
+@pytest.fixture
+def kvm_debugfs() -> Iterator[None]:
+    """KVM's debugfs, mounted for the test if the host has not (as root; unmounted again afterwards)."""
+    if (DEBUGFS / "kvm").exists() or os.geteuid() != 0:
+        yield
+        return
+    mounted = subprocess.run(["mount", "-t", "debugfs", "debugfs", str(DEBUGFS)], capture_output=True, text=True)
+    try:
+        yield
+    finally:
+        if mounted.returncode == 0:
+            subprocess.run(["umount", str(DEBUGFS)], check=False)
+
+
 def kvm_vcpu_pid(machine: Machine, index: int) -> int:
     """The thread KVM has recorded as running a vCPU (debugfs: kvm/PID-VMFD/vcpuN/pid)."""
     where = Path("/sys/kernel/debug/kvm") / f"{os.getpid()}-{machine.platform.vm.fd}" / f"vcpu{index}" / "pid"
@@ -113,7 +131,7 @@ def kvm_vcpu_pid(machine: Machine, index: int) -> int:
     return int(where.read_text())
 
 
-def test_a_parked_vcpu_already_belongs_to_its_own_thread(parked: Machine) -> None:
+def test_a_parked_vcpu_already_belongs_to_its_own_thread(kvm_debugfs: None, parked: Machine) -> None:
     """A successor's vCPUs are entered once from their own threads before the pause (immediate_exit: no guest
     code), so the first real entry after the resume is not the one that moves the vCPU between threads."""
     for thread in parked.vcpu_threads:
