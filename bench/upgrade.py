@@ -162,7 +162,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--floor",
         action="store_true",
         help="also the floor under an upgrade's pause on this host (bench/floor_vmm.py): the guest moved to a fresh "
-        "VM inside one process with hotswap's machine code, and a bare pause+resume",
+        "VM inside one process with hotswap's machine code (also with only the ioctls inside the pause), and a bare "
+        "pause+resume",
     )
     parser.add_argument("--hotswap-uart", choices=["mmio", "port"], default="mmio", help="hotswap guest's UART (mmio)")
     parser.add_argument(
