@@ -14,11 +14,23 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from bench.guest import Status
 from bench.report import BenchError
 
 READ_SIZE = 65536
+
+
+def connect_console(path: Path, what: str) -> socket.socket:
+    """A connection to a VMM's console socket; `what` names the VMM in the error."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.connect(str(path))
+    except OSError as exc:
+        sock.close()
+        raise BenchError(f"{what}: connecting to the console {path}: {exc}") from exc
+    return sock
 
 
 @dataclass

@@ -80,6 +80,7 @@ class FloorVmm:
         return self._move(bare=False)
 
     def move_bare(self) -> dict[str, Any]:
+        """The same with only the KVM work inside the pause (the module's docstring says what that costs)."""
         return self._move(bare=True)
 
     def _move(self, bare: bool) -> dict[str, Any]:

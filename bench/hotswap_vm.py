@@ -20,6 +20,7 @@ from typing import Any
 
 from framework.procs import kill_pids, pids_with_env
 
+from bench.console import connect_console
 from bench.placement import Placement, cpu_list
 from bench.report import BenchError
 
@@ -90,14 +91,7 @@ class HotswapVm:
         return self
 
     def open_console(self) -> socket.socket:
-        path = self.run_dir / f"{self.name}.console"
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            sock.connect(str(path))
-        except OSError as exc:
-            sock.close()
-            raise BenchError(f"hotswap {self.name}: connecting to the console {path}: {exc}") from exc
-        return sock
+        return connect_console(self.run_dir / f"{self.name}.console", f"hotswap {self.name}")
 
     def upgrade(self, timeout: float = 60.0) -> Upgrade:
         started = time.monotonic()

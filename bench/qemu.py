@@ -24,6 +24,7 @@ from typing import Any
 
 from framework.procs import kill_pids
 
+from bench.console import connect_console
 from bench.placement import Placement, cpu_list, pin_threads
 from bench.qmp import Qmp, QmpError, event_time_ns
 from bench.report import BenchError
@@ -154,13 +155,7 @@ class QemuVm:
 
     def open_console(self) -> socket.socket:
         """A connection to the serial console socket (QEMU drops output while no client is connected)."""
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            sock.connect(str(self.console_path))
-        except OSError as exc:
-            sock.close()
-            raise BenchError(f"qemu {self.name}: connecting to the console {self.console_path}: {exc}") from exc
-        return sock
+        return connect_console(self.console_path, f"qemu {self.name}")
 
     def command(self, name: str, **arguments: Any) -> Any:
         if self.qmp is None:

@@ -9,7 +9,6 @@ began on CLOCK_MONOTONIC (to find the status lines that carry it).
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
 import sys
 import time
@@ -19,7 +18,7 @@ from typing import IO, Any, Protocol
 
 from framework.procs import kill_pids
 
-from bench.console import ConsoleTap
+from bench.console import ConsoleTap, connect_console
 from bench.gaps import OFFSET_LINES, Window, operation_window, realtime_to_monotonic_ns
 from bench.guest import boot_tsc_khz
 from bench.hotswap_vm import HotswapVm
@@ -70,6 +69,19 @@ class Subject(Protocol):
     def close(self) -> None: ...
 
 
+def wait_for_boot(tap: ConsoleTap) -> int:
+    """Wait for the guest's boot line and its first status lines; returns the TSC rate it reported (kHz)."""
+    tsc_khz = boot_tsc_khz(tap.wait_line("hsg: boot ", BOOT_TIMEOUT)[1])
+    tap.wait_statuses(0, SETTLE_AFTER_RESUME, BOOT_TIMEOUT)
+    return tsc_khz
+
+
+def failed_operation(tap: ConsoleTap, before: int, started: float, exc: BenchError) -> Operation:
+    """An operation that failed: its window so far and why."""
+    window = operation_window(before, tap.last_seq())
+    return Operation(False, window, time.monotonic() - started, None, None, None, None, None, error=str(exc))
+
+
 RESUME_LINES = 2  # a wait shows in one of the first two status lines after it (one may have been mid-print)
 
 
@@ -104,8 +116,7 @@ class HotswapSubject:
         self.vm.start(kernel, cmdline, cpus, mem, self.placement)
         # A new console client is sent the recent output first, so the boot line is not missed.
         self.tap.attach_socket(self.vm.open_console(), self.vm.name)
-        self.tsc_khz = boot_tsc_khz(self.tap.wait_line("hsg: boot ", BOOT_TIMEOUT)[1])
-        self.tap.wait_statuses(0, SETTLE_AFTER_RESUME, BOOT_TIMEOUT)
+        self.tsc_khz = wait_for_boot(self.tap)
 
     def operate(self) -> Operation:
         before = self.tap.last_seq()
@@ -113,8 +124,7 @@ class HotswapSubject:
         try:
             upgrade = self.vm.upgrade()
         except BenchError as exc:
-            window = operation_window(before, self.tap.last_seq())
-            return Operation(False, window, time.monotonic() - started, None, None, None, None, None, error=str(exc))
+            return failed_operation(self.tap, before, started, exc)
         window = operation_window(before, self.tap.last_seq())
         resumed = self.vm.resumed_ns(upgrade.generation)
         pause_start = None
@@ -216,15 +226,8 @@ class FloorSubject:
             self._argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._stderr, text=True
         )
         self._answer("start")
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            sock.connect(str(self._socket))
-        except OSError as exc:
-            sock.close()
-            raise BenchError(f"{self.name}: connecting to the console {self._socket}: {exc}") from exc
-        self.tap.attach_socket(sock, self.name)
-        self.tsc_khz = boot_tsc_khz(self.tap.wait_line("hsg: boot ", BOOT_TIMEOUT)[1])
-        self.tap.wait_statuses(0, SETTLE_AFTER_RESUME, BOOT_TIMEOUT)
+        self.tap.attach_socket(connect_console(self._socket, self.name), self.name)
+        self.tsc_khz = wait_for_boot(self.tap)
 
     def operate(self) -> Operation:
         before = self.tap.last_seq()
@@ -232,8 +235,7 @@ class FloorSubject:
         try:
             answer = self._ask(self.operation)
         except BenchError as exc:
-            window = operation_window(before, self.tap.last_seq())
-            return Operation(False, window, time.monotonic() - started, None, None, None, None, None, error=str(exc))
+            return failed_operation(self.tap, before, started, exc)
         return Operation(
             ok=True,
             window=operation_window(before, self.tap.last_seq()),
@@ -288,8 +290,7 @@ class QemuSubject:
     def boot(self) -> None:
         self.vm = self.fleet.start(self.spec)
         self.tap.attach_socket(self.vm.open_console(), self.vm.name)
-        self.tap.wait_line("hsg: boot ", BOOT_TIMEOUT)
-        self.tap.wait_statuses(0, SETTLE_AFTER_RESUME, BOOT_TIMEOUT)
+        wait_for_boot(self.tap)
 
     def operate(self) -> Operation:
         source = self._current()
